@@ -1,0 +1,98 @@
+"""The hook functions: the one object that applies a map, in fitting and in generation alike.
+
+``SteeringHook`` is attached to a site's ``HookPoint`` (signature ``(act, *, hook)``); it applies its
+:class:`~lineas_tl.maps.AffineMap` at a strength, optionally inverted, optionally on some token
+positions only. ``PoolingRecorder`` pools what flows through a site (after any steering) so the
+collector and the fitting loop read exactly what the next layer receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from lineas_tl.maps import AffineMap
+from lineas_tl.pooling import Pooling, pool
+
+Positions = Literal["all", "prompt", "generated"]
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+
+
+@dataclass
+class GenerationPositions:
+    """Tells a hook which positions of the current forward call are prompt and which are generated.
+
+    A generation loop calls the model once per new token. Call ``k`` (0-based) covers the last
+    ``L_k`` positions of a sequence of total length ``prompt_len + k``: all of it without a KV cache,
+    one position with it. So the call starts at ``prompt_len + k - L_k``, which is exact in both
+    modes; ``calls`` is advanced by a forward pre-hook on the model.
+    """
+
+    prompt_len: int
+    calls: int = -1
+
+    def on_forward(self, *_: Any, **__: Any) -> None:
+        self.calls += 1
+
+    def generated_mask(self, n_pos: int, device: torch.device) -> Tensor:
+        start = self.prompt_len + max(self.calls, 0) - n_pos
+        return torch.arange(start, start + n_pos, device=device) >= self.prompt_len
+
+
+@dataclass
+class SteeringHook:
+    """Applies ``map_`` to a site's output: ``T^strength`` (or its inverse) on the chosen positions.
+
+    ``positions`` other than ``"all"`` need ``tracker`` (set by :meth:`HookedSteerer.generate`) and
+    activations laid out ``[batch, pos, ...]``.
+    """
+
+    map_: AffineMap
+    strength: float = 1.0
+    inverse: bool = False
+    positions: Positions = "all"
+    tracker: GenerationPositions | None = None
+
+    def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
+        if self.strength == 0:
+            return act  # bit-identical to the unsteered model, whatever the map holds
+        steered = self.map_(act, self.strength, self.inverse)
+        if self.positions == "all" or self.tracker is None:
+            return steered
+        gen = self.tracker.generated_mask(act.shape[1], act.device)
+        keep = gen if self.positions == "generated" else ~gen
+        keep = keep.reshape(1, -1, *[1] * (act.ndim - 2))
+        return torch.where(keep, steered, act)
+
+
+@dataclass
+class PoolingRecorder:
+    """Pools the activation flowing through a site (after ``steer``, when given) into ``store``."""
+
+    site: str
+    runner: Any
+    how: Pooling
+    mask: Int[Tensor, "batch pos"] | None
+    store: dict[str, Tensor]
+    steer: SteeringHook | None = None
+    detach: bool = True
+    shapes: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+
+    def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
+        if self.steer is not None:
+            act = self.steer(act, hook=hook)
+        axis, shape = self.runner.features(self.site, act)
+        self.shapes[self.site] = (axis, shape)
+        x = act.detach() if self.detach else act
+        pooled = pool(x, shape, axis, self.mask, self.how)
+        if not torch.isfinite(pooled).all():
+            raise FloatingPointError(
+                f"NaN or inf in the activations at site {self.site!r}. Check the inputs, use float32 "
+                "instead of float16 (overflow), or lower the learning rate / strength if a map diverged."
+            )
+        self.store[self.site] = pooled.float()
+        return act

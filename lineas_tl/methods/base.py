@@ -1,0 +1,125 @@
+"""What every fitting method receives and returns, and the registry that names them.
+
+A method is a function ``fit(ctx: FitContext, **hyper_parameters) -> FitResult``. It may run the model
+through ``ctx`` as often as it needs, and returns one map per site it steers: the same
+:class:`~lineas_tl.maps.AffineMap` objects that ``steer()``, ``generate()``, ``save()`` and ``fold()``
+accept, whatever the method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lineas_tl.collect import pool_prepared, pooled_forward
+from lineas_tl.maps import AffineMap
+from lineas_tl.pooling import Pooling
+from lineas_tl.runner import Prepared, Runner
+
+
+@dataclass
+class FitResult:
+    """The maps a method produced (``site -> AffineMap``) and what it measured while fitting."""
+
+    maps: dict[str, AffineMap]
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitContext:
+    """Everything a method needs: the model's runner, the prepared prompt sets, the sites.
+
+    Attributes:
+        runner: feeds the model (see :mod:`lineas_tl.runner`).
+        source, target: the prepared source and target prompts.
+        sites: canonical hook names to steer, in forward order.
+        pooling: how a site's activation becomes one vector per prompt.
+        batch_size: prompts per forward pass when collecting.
+        progress: whether to show progress bars.
+        source_raw, target_raw: the prompts as the user gave them (ActAdd needs them verbatim).
+    """
+
+    runner: Runner
+    source: Prepared
+    target: Prepared
+    sites: list[str]
+    pooling: Pooling = "mean"
+    batch_size: int = 16
+    progress: bool = True
+    source_raw: Any = None
+    target_raw: Any = None
+    _shapes: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+
+    @property
+    def model(self) -> Any:
+        return self.runner.model
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def site_shapes(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """``site -> (feature_axis, feature_shape)``, read from one probe forward pass."""
+        if not self._shapes:
+            with torch.no_grad():
+                _, self._shapes = pooled_forward(self.runner, self.source.batch([0]), self.sites, self.pooling)
+        return self._shapes
+
+    def identity_maps(self, kind: str = "affine", sites: Sequence[str] | None = None) -> dict[str, AffineMap]:
+        """Fresh identity maps on the model's device for ``sites`` (all sites by default)."""
+        shapes = self.site_shapes()
+        return {
+            s: AffineMap(shapes[s][1], shapes[s][0], kind=kind, device=self.device)
+            for s in (sites if sites is not None else self.sites)
+        }
+
+    def pooled(
+        self,
+        which: str,
+        sites: Sequence[str] | None = None,
+        maps: Mapping[str, AffineMap] | None = None,
+    ) -> dict[str, Float[Tensor, "n features"]]:
+        """Pooled activations of every ``which`` (``"source"``/``"target"``) prompt, no gradient."""
+        prepared = self.source if which == "source" else self.target
+        sites = list(sites if sites is not None else self.sites)
+        out = pool_prepared(self.runner, prepared, sites, self.pooling, maps, self.batch_size)
+        return {s: x.flatten(1) for s, x in out.items()}
+
+
+Method = Callable[..., FitResult]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Register a fitting method under ``name`` (used as ``fit(..., method=name)``)."""
+
+    def wrap(fn: Method) -> Method:
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+@contextlib.contextmanager
+def frozen(model: Any) -> Iterator[None]:
+    """Freeze the model's parameters and put it in eval mode; restore both on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)

@@ -1,0 +1,245 @@
+"""Turn prompts into model forward passes, whatever the model is.
+
+The steerer, the collector and every fitting method talk to a model only through a
+:class:`Runner`: it prepares prompts (tokenises, remembers which positions are real) and runs a
+forward pass with a list of TransformerLens hooks attached. Language models use
+:class:`LanguageModelRunner`; any model may supply its own runner by defining ``lineas_runner()``
+(the diffusers adapter does).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from lineas_tl.hooks import GenerationPositions
+from lineas_tl.sites import stop_layer
+
+Hook = tuple[str, Callable[..., Any]]
+
+
+@dataclass
+class Batch:
+    """One batch of prepared prompts.
+
+    Attributes:
+        kwargs: keyword arguments of the model call (e.g. ``input`` and ``attention_mask``).
+        mask: ``[batch, pos]`` 1 where a position is a real token (pooling ignores the others), or
+            None when every position counts (e.g. the spatial positions of a UNet feature map).
+        size: number of prompts in the batch.
+    """
+
+    kwargs: dict[str, Any]
+    mask: Int[Tensor, "batch pos"] | None
+    size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Prepared(Protocol):
+    """Prompts ready to be batched: ``len()`` and ``batch(indices)``."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Sequence[int], padding_side: str = "right") -> Batch: ...
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """How a model is fed prompts.
+
+    ``features(site, act)`` says where a site's features start in its activation and their shape
+    (see :mod:`lineas_tl.pooling`).
+    """
+
+    model: Any
+
+    def prepare(self, prompts: Any) -> Prepared: ...
+
+    def forward(self, batch: Batch, hooks: list[Hook], sites: Sequence[str] | None = None) -> Any: ...
+
+    def features(self, site: str, act: Tensor) -> tuple[int, tuple[int, ...]]: ...
+
+
+def get_runner(model: Any) -> Runner:
+    """The runner for ``model``: its own ``lineas_runner()`` if it has one, else a language model's."""
+    if hasattr(model, "lineas_runner"):
+        return model.lineas_runner()
+    return LanguageModelRunner(model)
+
+
+class TokenSequences:
+    """Token id sequences of unequal lengths, padded per batch on demand."""
+
+    def __init__(self, sequences: list[Int[Tensor, " pos"]], pad_id: int, device: torch.device):
+        self.sequences = sequences
+        self.pad_id = pad_id
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def batch(self, indices: Sequence[int], padding_side: str = "right") -> Batch:
+        seqs = [self.sequences[i] for i in indices]
+        tokens = torch.nn.utils.rnn.pad_sequence(
+            seqs, batch_first=True, padding_value=self.pad_id, padding_side=padding_side
+        )
+        ones = [torch.ones_like(s) for s in seqs]
+        mask = torch.nn.utils.rnn.pad_sequence(
+            ones, batch_first=True, padding_value=0, padding_side=padding_side
+        )
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        return Batch(kwargs={"input": tokens, "attention_mask": mask}, mask=mask, size=len(seqs))
+
+
+class LanguageModelRunner:
+    """Runs a TransformerLens language model (``TransformerBridge`` or any ``HookedRootModule``).
+
+    Prompts are strings (tokenised one by one with the model's own ``to_tokens``, so BOS handling is
+    the model's) or token ids: a list of lists, or a ``[batch, pos]`` tensor with an optional
+    ``attention_mask``. Batches are right-padded for fitting and collection, which with causal
+    attention leaves every real token's activation exactly as in a one-by-one run.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self._takes_mask = "attention_mask" in params
+        self._takes_stop = "stop_at_layer" in params
+        self._takes_return_type = "return_type" in params
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    def prepare(self, prompts: Any, attention_mask: Tensor | None = None) -> TokenSequences:
+        """Prepare strings or token ids; raises ValueError on an empty set or an unusable input."""
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("prompts must be a list of strings or token ids, not a single string")
+        if isinstance(prompts, Tensor):
+            if prompts.ndim != 2:
+                raise ValueError(f"a token tensor must be [batch, pos], got shape {tuple(prompts.shape)}")
+            mask = attention_mask if attention_mask is not None else torch.ones_like(prompts)
+            seqs = [row[m.bool()].long().cpu() for row, m in zip(prompts, mask)]
+        else:
+            prompts = list(prompts)
+            if not prompts:
+                raise ValueError("the prompt set is empty: pass at least one prompt")
+            if all(isinstance(p, str) for p in prompts):
+                seqs = [self._tokenize(p) for p in prompts]
+            elif all(isinstance(p, (list, tuple, Tensor)) for p in prompts):
+                seqs = [torch.as_tensor(p, dtype=torch.long).reshape(-1).cpu() for p in prompts]
+            else:
+                raise TypeError("prompts must be all strings or all token-id sequences, not a mix")
+        if not seqs:
+            raise ValueError("the prompt set is empty: pass at least one prompt")
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("a prompt has no tokens; remove empty prompts")
+        return TokenSequences(seqs, self._pad_id(), self.device)
+
+    def _tokenize(self, text: str) -> Int[Tensor, " pos"]:
+        if self.tokenizer is None:
+            raise ValueError(
+                "prompts were given as strings but the model has no tokenizer; pass token ids "
+                "instead (a list of lists of ints, or a [batch, pos] tensor with attention_mask)"
+            )
+        if hasattr(self.model, "to_tokens"):
+            return self.model.to_tokens(text)[0].long().cpu()
+        return torch.as_tensor(self.tokenizer(text)["input_ids"], dtype=torch.long)
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        for attr in ("pad_token_id", "eos_token_id"):
+            value = getattr(tok, attr, None) if tok is not None else None
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def forward(self, batch: Batch, hooks: list[Hook], sites: Sequence[str] | None = None) -> Any:
+        """Run the model on ``batch`` with ``hooks`` attached; stop after the deepest of ``sites``."""
+        kwargs = dict(batch.kwargs)
+        tokens = kwargs.pop("input")
+        if not self._takes_mask:
+            kwargs.pop("attention_mask", None)
+        if sites is not None and self._takes_stop:
+            stop = stop_layer(self.model, sites)
+            if stop is not None:
+                kwargs["stop_at_layer"] = stop
+        if self._takes_return_type and "stop_at_layer" not in kwargs:
+            kwargs["return_type"] = None if sites is not None else "logits"
+        with self.model.hooks(fwd_hooks=hooks):
+            return self.model(tokens, **kwargs)
+
+    def features(self, site: str, act: Tensor) -> tuple[int, tuple[int, ...]]:
+        """Language-model activations are ``[batch, pos, *features]``."""
+        return 2, tuple(act.shape[2:])
+
+    def generate(
+        self,
+        prompt: Any,
+        make_hooks: Callable[[GenerationPositions], list[Hook]],
+        *,
+        max_new_tokens: int = 30,
+        do_sample: bool = False,
+        use_past_kv_cache: bool = True,
+        return_type: str = "str",
+        attention_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Generate from ``prompt`` with the hooks of ``make_hooks(tracker)`` attached.
+
+        A list of prompts is left-padded into one batch and its attention mask passed to the
+        model's ``generate``, so each row continues as it would alone. ``return_type``: ``"str"``
+        (prompt and continuation, as TransformerLens returns), ``"continuation"`` (the new text
+        only) or ``"tokens"`` (``[batch, pos]`` ids, prompt included, left padding kept).
+        """
+        if not hasattr(self.model, "generate"):
+            raise TypeError(f"{type(self.model).__name__} has no generate(); steer a forward pass instead")
+        if return_type not in ("str", "continuation", "tokens"):
+            raise ValueError("return_type must be 'str', 'continuation' or 'tokens'")
+        single = isinstance(prompt, str) or (isinstance(prompt, Tensor) and prompt.ndim == 1)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if isinstance(prompts, Tensor) and prompts.ndim == 1:
+            prompts = prompts[None]
+        prepared = self.prepare(prompts, attention_mask)
+        batch = prepared.batch(range(len(prepared)), padding_side="left")
+        tokens, mask = batch.kwargs["input"], batch.mask
+        tracker = GenerationPositions(prompt_len=tokens.shape[1])
+        kwargs.setdefault("stop_at_eos", self.tokenizer is not None)
+        handle = self.model.register_forward_pre_hook(tracker.on_forward)
+        try:
+            with self.model.hooks(fwd_hooks=make_hooks(tracker)):
+                out = self.model.generate(
+                    tokens,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    use_past_kv_cache=use_past_kv_cache,
+                    return_type="tokens",
+                    verbose=False,
+                    **kwargs,
+                )
+        finally:
+            handle.remove()
+        if return_type == "tokens" or self.tokenizer is None:
+            return out
+        n_prompt = tokens.shape[1]
+        if return_type == "continuation":
+            rows = list(out[:, n_prompt:])
+        else:
+            rows = [torch.cat([p[m.bool()], g]) for p, m, g in zip(out[:, :n_prompt], mask, out[:, n_prompt:])]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return texts[0] if single else texts

@@ -1,0 +1,137 @@
+"""Choose hook sites by name, regex or predicate, and resolve aliases to canonical names.
+
+A *site* is a TransformerLens ``HookPoint`` whose output a steering map rewrites. Every model we
+steer exposes ``hook_dict`` (name -> HookPoint, aliases included); the canonical name of a site is
+``hook_dict[name].name``, which is also what ``hook.name`` reports inside a hook function.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+SiteSpec = str | Sequence[str] | Callable[[str], bool] | None
+
+_BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def hook_points(model: Any) -> dict[str, Any]:
+    """Return ``name -> HookPoint`` for every hook point of ``model``, aliases included."""
+    if not hasattr(model, "hook_dict"):
+        raise TypeError(
+            f"{type(model).__name__} exposes no TransformerLens hook points (no `hook_dict`). "
+            "Pass a TransformerBridge, another HookedRootModule, or wrap a diffusers model with "
+            "lineas_tl.diffusers.HookedPipeline."
+        )
+    return dict(model.hook_dict)
+
+
+def canonical_names(model: Any) -> list[str]:
+    """Canonical hook names in the model's registration (forward) order, without aliases."""
+    seen: dict[str, None] = {}
+    for name, hp in hook_points(model).items():
+        seen.setdefault(hp.name or name, None)
+    return list(seen)
+
+
+def block_index(name: str) -> int | None:
+    """The transformer block a site lives in (``blocks.3.attn.hook_out`` -> 3), else None."""
+    match = _BLOCK_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+def default_sites(model: Any) -> list[str]:
+    """The default steering sites of ``model``.
+
+    A model may define ``default_steering_sites()`` (the diffusers adapter does: every normalisation
+    layer). Otherwise every block's attention output and MLP output: the pre-LN analogue of the
+    post-attention / post-MLP layer norms that the LinEAS paper hooks in Gemma-2.
+    """
+    if hasattr(model, "default_steering_sites"):
+        return resolve_sites(model, list(model.default_steering_sites()))
+    names = hook_points(model)
+    wanted = [
+        n
+        for i in range(_n_layers(model))
+        for n in (f"blocks.{i}.hook_attn_out", f"blocks.{i}.hook_mlp_out")
+        if n in names
+    ]
+    if not wanted:
+        raise ValueError(
+            f"{type(model).__name__} has no `blocks.L.hook_attn_out` / `blocks.L.hook_mlp_out` hook "
+            "points; pass `sites=` explicitly (a list of hook names, a regex or a callable)."
+        )
+    return resolve_sites(model, wanted)
+
+
+def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:
+    """Resolve a site specification to canonical hook names, in forward order, without duplicates.
+
+    Args:
+        model: a model exposing TransformerLens hook points.
+        sites: ``None`` for :func:`default_sites`; a hook name or alias; a list of them; a regular
+            expression matched against every name (full match); or a callable on names.
+
+    Raises:
+        ValueError: a name that is not a hook point (the message lists close matches), or a
+            pattern/predicate that selects nothing.
+    """
+    if sites is None:
+        return default_sites(model)
+    points = hook_points(model)
+    order = {name: i for i, name in enumerate(canonical_names(model))}
+    chosen: set[str] = set()
+    if callable(sites):
+        chosen = {points[n].name or n for n in points if sites(n)}
+        if not chosen:
+            raise ValueError("the site predicate selected no hook point of the model")
+    else:
+        specs = [sites] if isinstance(sites, str) else list(sites)
+        if not specs:
+            raise ValueError("`sites` is an empty list; pass None for the default sites")
+        for spec in specs:
+            chosen |= _resolve_one(points, spec)
+    return sorted(chosen, key=lambda n: order.get(n, len(order)))
+
+
+def _resolve_one(points: dict[str, Any], spec: str) -> set[str]:
+    if spec in points:
+        return {points[spec].name or spec}
+    try:
+        pattern = re.compile(spec)
+    except re.error:
+        pattern = None
+    if pattern is not None:
+        matched = {points[n].name or n for n in points if pattern.fullmatch(n)}
+        if matched:
+            return matched
+    close = difflib.get_close_matches(spec, list(points), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"{spec!r} is not a hook point of this model and matches none as a regex.{hint} "
+        "List them with `model.hook_dict.keys()`."
+    )
+
+
+def _n_layers(model: Any) -> int:
+    cfg = getattr(model, "cfg", None)
+    n = getattr(cfg, "n_layers", None)
+    if isinstance(n, int):
+        return n
+    found = [block_index(name) for name in hook_points(model)]
+    return max((i for i in found if i is not None), default=-1) + 1
+
+
+def stop_layer(model: Any, sites: Sequence[str]) -> int | None:
+    """The ``stop_at_layer`` that still runs every site (None when the last block is needed).
+
+    Sites outside the block stack (embeddings, unembedding, unknown layouts) disable early stopping.
+    """
+    idx = [block_index(s) for s in sites]
+    n = _n_layers(model)
+    if not idx or any(i is None for i in idx) or n <= 0:
+        return None
+    deepest = max(i for i in idx if i is not None) + 1
+    return deepest if deepest < n else None

@@ -1,0 +1,196 @@
+"""``HookedSteerer``: fit steering maps on a hooked model, apply them in a context, generate, save.
+
+Example:
+    >>> steerer = HookedSteerer(model).fit(source_prompts, target_prompts)   # LinEAS
+    >>> with steerer.steer(strength=1.0):
+    ...     logits = model(tokens)
+    >>> text = steerer.generate("The man said", strength=1.0, max_new_tokens=30)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from lineas_tl.hooks import POSITIONS, GenerationPositions, Positions, SteeringHook
+from lineas_tl.maps import AffineMap, support_by_site
+from lineas_tl.methods import METHODS, FitContext
+from lineas_tl.methods.base import frozen
+from lineas_tl.pooling import POOLINGS, Pooling
+from lineas_tl.runner import Hook, get_runner
+from lineas_tl.sites import SiteSpec, resolve_sites
+
+Strength = float | Mapping[str, float]
+
+
+class HookedSteerer:
+    """Steers any model that exposes TransformerLens hook points.
+
+    Args:
+        model: a ``TransformerBridge``, any other ``HookedRootModule``, or a
+            :class:`lineas_tl.diffusers.HookedPipeline`. Its weights are never modified (except by
+            :meth:`fold`, on request).
+        sites: where maps go: hook names or aliases, a regex, or a callable on names. Default: every
+            block's ``hook_attn_out`` and ``hook_mlp_out`` (for a UNet: every normalisation layer).
+        pooling: how a site's activation becomes one vector per prompt when fitting: ``"mean"`` over
+            real tokens (the paper's choice), ``"last"`` token, or ``"all"`` tokens.
+
+    Fitted attributes (after :meth:`fit`): ``maps_`` (site -> :class:`AffineMap`), ``method_``,
+    ``hparams_``, ``history_``.
+    """
+
+    def __init__(self, model: Any, sites: SiteSpec = None, *, pooling: Pooling = "mean"):
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        self.model = model
+        self.runner = get_runner(model)
+        self.sites = resolve_sites(model, sites)
+        self.pooling = pooling
+        self.maps_: dict[str, AffineMap] = {}
+        self.method_: str | None = None
+        self.hparams_: dict[str, Any] = {}
+        self.history_: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        state = f"fitted with {self.method_!r} on {len(self.maps_)} sites" if self.maps_ else "not fitted"
+        return f"HookedSteerer({type(self.model).__name__}, {len(self.sites)} sites, {state})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        source_prompts: Any,
+        target_prompts: Any,
+        method: str = "lineas",
+        *,
+        collect_batch_size: int = 16,
+        progress: bool = True,
+        **hparams: Any,
+    ) -> HookedSteerer:
+        """Fit maps that move ``source_prompts``' activations to ``target_prompts``'.
+
+        Args:
+            source_prompts: prompts with the behaviour to steer away from (e.g. toxic).
+            target_prompts: prompts with the behaviour to steer towards.
+            method: a name from :data:`lineas_tl.methods.METHODS` (``"lineas"``, ``"linear_act"``, ...).
+            collect_batch_size: prompts per forward pass when reading activations.
+            progress: show progress bars.
+            **hparams: the method's hyper-parameters (e.g. ``steps``, ``lr``, ``gamma``, ``seed``).
+
+        Returns:
+            ``self``, with ``maps_`` and ``history_`` set.
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        ctx = FitContext(
+            runner=self.runner,
+            source=self.runner.prepare(source_prompts),
+            target=self.runner.prepare(target_prompts),
+            sites=self.sites,
+            pooling=self.pooling,
+            batch_size=collect_batch_size,
+            progress=progress,
+            source_raw=source_prompts,
+            target_raw=target_prompts,
+        )
+        with frozen(self.model):
+            result = METHODS[method](ctx, **hparams)
+        self.maps_ = result.maps
+        self.method_ = method
+        self.hparams_ = dict(hparams)
+        self.history_ = result.history
+        return self
+
+    def _check_fitted(self) -> None:
+        if not self.maps_:
+            raise RuntimeError("this steerer is not fitted: call fit(source, target) or load() first")
+
+    # ---------------------------------------------------------------- applying
+    def hooks(
+        self,
+        strength: Strength = 1.0,
+        *,
+        inverse: bool = False,
+        positions: Positions = "all",
+        tracker: GenerationPositions | None = None,
+    ) -> list[Hook]:
+        """The ``(site, hook)`` pairs that apply the fitted maps, for ``model.hooks(fwd_hooks=...)``.
+
+        ``strength`` is a float for every site, or ``{site: float}`` (sites left out are not
+        steered). ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove).
+        """
+        self._check_fitted()
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
+        per_site = self._strengths(strength)
+        return [
+            (site, SteeringHook(m, per_site[site], inverse, positions, tracker))
+            for site, m in self.maps_.items()
+        ]
+
+    def _strengths(self, strength: Strength) -> dict[str, float]:
+        if not isinstance(strength, Mapping):
+            return {site: float(strength) for site in self.maps_}
+        given = {resolve_sites(self.model, [k])[0]: float(v) for k, v in strength.items()}
+        unknown = set(given) - set(self.maps_)
+        if unknown:
+            raise ValueError(f"strength given for sites this steerer has no map at: {sorted(unknown)}")
+        return {site: given.get(site, 0.0) for site in self.maps_}
+
+    @contextlib.contextmanager
+    def steer(
+        self, strength: Strength = 1.0, *, inverse: bool = False, positions: Positions = "all"
+    ) -> Iterator[HookedSteerer]:
+        """Context manager: the maps are active inside, removed on exit (even on error).
+
+        Several steerers compose (``with a.steer(0.5), b.steer(1.0):``); at a shared site, maps apply
+        in the order the contexts were entered.
+        """
+        with self.model.hooks(fwd_hooks=self.hooks(strength, inverse=inverse, positions=positions)):
+            yield self
+
+    def generate(
+        self,
+        prompt: Any,
+        strength: Strength = 1.0,
+        *,
+        inverse: bool = False,
+        positions: Positions = "all",
+        **kwargs: Any,
+    ) -> Any:
+        """Generate with the steering active.
+
+        For a language model: ``prompt`` is a string, a list of strings (left-padded into one batch)
+        or token ids; ``positions`` says which tokens are steered (``"all"``, ``"prompt"`` or
+        ``"generated"``), exactly, with or without the KV cache. Keyword arguments go to the model's
+        ``generate`` (``max_new_tokens``, ``do_sample``, ``use_past_kv_cache``, ...). For a diffusion
+        pipeline, returns images (see :mod:`lineas_tl.diffusers`).
+        """
+        self._check_fitted()
+
+        def make_hooks(tracker: GenerationPositions | None) -> list[Hook]:
+            return self.hooks(strength, inverse=inverse, positions=positions, tracker=tracker)
+
+        return self.runner.generate(prompt, make_hooks, **kwargs)
+
+    # ---------------------------------------------------------------- inspecting
+    def support(self) -> dict[str, float]:
+        """Share of coordinates each site's map moves (``|omega-1|`` or ``|b|`` above 1e-5)."""
+        self._check_fitted()
+        return support_by_site(self.maps_)
+
+    # ------------------------------------------------------- saving and serving
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the maps (safetensors) and a JSON of method, sites, hyper-parameters, fingerprint."""
+        from lineas_tl.io import save_steerer
+
+        self._check_fitted()
+        save_steerer(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: Any) -> HookedSteerer:
+        """Load a saved steerer onto ``model`` (an error if its sites or widths differ)."""
+        from lineas_tl.io import load_steerer
+
+        return load_steerer(cls, path, model)
