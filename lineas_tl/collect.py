@@ -81,14 +81,27 @@ def pool_prepared(
     Returns ``site -> [n, *feature_shape]`` on ``device`` (the model's device when None).
     """
     chunks: dict[str, list[Tensor]] = {s: [] for s in sites}
+    # With one row per prompt, the result is allocated once and filled in place: no final
+    # concatenation (which doubled the peak), and no long-lived small tensors interleaved with each
+    # batch's temporaries (which fragmented the heap, so memory grew with the number of prompts).
+    out: dict[str, Tensor] = {}
     shapes: dict[str, tuple[int, tuple[int, ...]]] = {}
-    starts = range(0, len(prepared), batch_size)
+    n = len(prepared)
+    starts = range(0, n, batch_size)
     with torch.no_grad():
         for start in tqdm(starts, desc="collect", disable=not progress, leave=False):
-            idx = list(range(start, min(start + batch_size, len(prepared))))
+            idx = list(range(start, min(start + batch_size, n)))
             pooled, shapes = pooled_forward(runner, prepared.batch(idx), sites, pooling, maps)
             for site, x in pooled.items():
-                chunks[site].append(x if device is None else x.to(device))
+                if pooling == "all":  # one row per real token: the total is not known in advance
+                    chunks[site].append(x if device is None else x.to(device))
+                    continue
+                if site not in out:
+                    out[site] = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=device or x.device)
+                out[site][start : start + len(idx)] = x
+            del pooled
+    if pooling != "all":
+        return {s: out[s].reshape(-1, *shapes[s][1]) for s in sites}
     return {s: torch.cat(c).reshape(-1, *shapes[s][1]) for s, c in chunks.items()}
 
 

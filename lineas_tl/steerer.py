@@ -188,6 +188,16 @@ class HookedSteerer:
         self._check_fitted()
         save_steerer(self, path)
 
+    def fold(self, strength: Strength = 1.0, *, inverse: bool = False, check: bool = True) -> Any:
+        """Write the maps into the model's linear layers (zero-overhead serving); see :mod:`lineas_tl.fold`.
+
+        Returns a :class:`~lineas_tl.fold.FoldHandle`: ``handle.undo()`` (or leaving
+        ``with steerer.fold(...):``) restores the exact original weights.
+        """
+        from lineas_tl.fold import fold
+
+        return fold(self, strength, inverse=inverse, check=check)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Any) -> HookedSteerer:
         """Load a saved steerer onto ``model`` (an error if its sites or widths differ)."""

@@ -86,7 +86,8 @@ def gpt2_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    # initializer_range 0.2: activations of order 1, as in a trained model (0.02 makes them tiny)
+    cfg = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=3, n_head=4, initializer_range=0.2)
     return _save_hf(GPT2LMHeadModel(cfg), tokenizer_dir, tmp_path_factory.mktemp("gpt2"))
 
 
@@ -104,6 +105,7 @@ def llama_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
+        initializer_range=0.2,
     )
     return _save_hf(LlamaForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("llama"))
 
@@ -154,7 +156,7 @@ def native_model():
 
 @pytest.fixture
 def text_sets() -> dict[str, list[str]]:
-    """Source (insulting words) and target (kind words) prompts: 40 each, first 32 to fit."""
+    """Source (insulting words) and target (kind words) prompts: 40 each."""
     return {
         "source": make_prompts(SOURCE_WORDS, 40, seed=1),
         "target": make_prompts(TARGET_WORDS, 40, seed=2),

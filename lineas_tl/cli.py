@@ -1,0 +1,446 @@
+"""The ``lineas-tl`` command: fit a steerer, generate with it, compare methods, run the demo.
+
+Examples::
+
+    lineas-tl fit --model smollm2-135m --source toxic.txt --target kind.txt --out steerers/detox
+    lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength 1
+    lineas-tl compare --model smollm2-135m --concept toxicity --out results/
+    lineas-tl info steerers/detox
+    lineas-tl export --model smollm2-135m --steerer steerers/detox --out smollm2-detox
+    lineas-tl demo --quick
+
+Prompt files hold one prompt per line (blank lines ignored) or, with a ``.json`` suffix, a JSON list
+of strings. ``--model`` is an embedded model name (``smollm2-135m``) or a local Hugging Face model
+directory (weights, config and tokenizer); nothing is downloaded. On bad input every command prints
+a one-line ``error: ...`` on stderr and exits with status 1 (set ``LINEAS_TL_DEBUG=1`` for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="lineas-tl",
+    help="LinEAS activation steering for TransformerLens models: fit, generate, compare, export, demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors that mean "bad input": shown as one line, exit status 1.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    RuntimeError,
+    FloatingPointError,
+    ImportError,
+)
+
+
+class CLIError(ValueError):
+    """Bad command-line input, reported as one line."""
+
+
+def _one_line(err: BaseException) -> str:
+    msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    msg = " ".join(msg.split()) or type(err).__name__
+    return msg
+
+
+def _friendly(fn: F) -> F:
+    """Run a command, turning library errors into ``error: ...`` on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except _USER_ERRORS as err:
+            if os.environ.get("LINEAS_TL_DEBUG"):
+                raise
+            typer.echo(f"error: {_one_line(err)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- helpers
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """Read prompts from a text file (one per line, blank lines ignored) or a ``.json`` list."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise CLIError(f"prompt file {str(p)!r} is a directory; pass a text or .json file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{p} is not valid JSON ({err})") from err
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise CLIError(f"{p} must hold a JSON list of strings")
+        prompts = [x for x in data if x.strip()]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"prompt file {str(p)!r} holds no prompts")
+    return prompts
+
+
+def load_model(name_or_dir: str, device: str | None = None) -> Any:
+    """Load a model for the CLI through :func:`lineas_tl.models.load` (offline)."""
+    from lineas_tl import models
+
+    with _quiet_stdout():
+        return models.load(name_or_dir, device=device)
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Load quietly: no weight-loading bars, and any printed notice goes to stderr, not stdout."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        hf_logging = None
+    was_enabled = hf_logging.is_progress_bar_enabled() if hf_logging is not None else False
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if hf_logging is not None and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_params(params: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _check_hparams(method: str, hparams: dict[str, Any]) -> None:
+    from lineas_tl.methods import METHODS
+
+    if method not in METHODS:
+        raise CLIError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    params = inspect.signature(METHODS[method]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise CLIError(
+            f"method {method!r} has no hyper-parameter {', '.join(map(repr, unknown))} "
+            f"(it takes: {', '.join(accepted) or 'none'})"
+        )
+
+
+def _parse_strengths(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise CLIError(f"--strengths expects numbers separated by commas, got {text!r}") from err
+    if not values:
+        raise CLIError("--strengths is empty")
+    return values
+
+
+# ----------------------------------------------------------------------------- commands
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Embedded model name (smollm2-135m) or a local Hugging Face model directory.",
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (default: TransformerLens' choice).")]
+
+
+@app.command()
+@_friendly
+def fit(
+    source: Annotated[
+        Path, typer.Option(help="Prompts with the behaviour to steer away from (one per line, or .json).")
+    ],
+    target: Annotated[Path, typer.Option(help="Prompts with the behaviour to steer towards.")],
+    model: ModelOpt = "smollm2-135m",
+    method: Annotated[str, typer.Option(help="Fitting method: lineas, linear_act, mean_act, iti, actadd.")] = "lineas",
+    steps: Annotated[
+        int | None, typer.Option(help="Optimisation steps (iterative methods; LinEAS default 100).")
+    ] = None,
+    sites: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sites", "--site", help="Hook name, alias or regex (repeatable). Default: every attn/MLP output."
+        ),
+    ] = None,
+    pooling: Annotated[str, typer.Option(help="Pooling over tokens: mean, last or all.")] = "mean",
+    seed: Annotated[int | None, typer.Option(help="Seed (methods that take one).")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="Extra hyper-parameter KEY=VALUE (repeatable), e.g. -p gamma=0.1 -p lr=0.003."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to save the steerer to.")] = Path("steerer"),
+    device: DeviceOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Fit a steerer from source and target prompt files and save it to a directory."""
+    from lineas_tl.steerer import HookedSteerer
+
+    src, tgt = read_prompts(source), read_prompts(target)
+    hparams = _parse_params(param)
+    if steps is not None:
+        hparams["steps"] = steps
+    if seed is not None:
+        hparams["seed"] = seed
+    _check_hparams(method, hparams)
+    lm = load_model(model, device)
+    steerer = HookedSteerer(lm, sites or None, pooling=pooling)  # type: ignore[arg-type]
+    steerer.fit(src, tgt, method=method, progress=progress, **hparams)
+    steerer.save(out)
+    support = steerer.support()
+    mean_support = sum(support.values()) / max(len(support), 1)
+    loss = steerer.history_.get("loss")
+    tail = f", final loss {loss[-1]:.4g}" if isinstance(loss, list) and loss else ""
+    typer.echo(f"saved {method} steerer ({len(steerer.maps_)} sites, support {mean_support:.0%}{tail}) to {out}")
+
+
+@app.command()
+@_friendly
+def generate(
+    steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
+    model: ModelOpt = "smollm2-135m",
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="File of prompts (one per line, or .json).")] = None,
+    strength: Annotated[float, typer.Option(help="Steering strength: 0 = off, 1 = full map, >1 extrapolates.")] = 1.0,
+    inverse: Annotated[
+        bool, typer.Option(help="Apply the inverse map (induce the concept instead of removing it).")
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 30,
+    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    fold: Annotated[bool, typer.Option(help="Fold the maps into the weights (no hooks) instead of hooking.")] = False,
+    unsteered: Annotated[bool, typer.Option(help="Also print the unsteered continuation, for comparison.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of records instead of text.")] = False,
+    device: DeviceOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate continuations with a saved steerer active."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from lineas_tl.io import read_metadata
+    from lineas_tl.steerer import HookedSteerer
+
+    texts = list(prompt or []) + (read_prompts(prompts) if prompts is not None else [])
+    if not texts:
+        raise CLIError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise CLIError("--max-new-tokens and --batch-size must be at least 1")
+    read_metadata(steerer)  # fail fast, before loading the model
+    lm = load_model(model, device)
+    st = HookedSteerer.load(steerer, lm)
+    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample, "return_type": "continuation"}
+
+    def no_hooks(_tracker: Any) -> list[Any]:
+        return []
+
+    def run(batch: list[str], steered: bool) -> list[str]:
+        torch.manual_seed(seed)
+        if not steered:
+            return st.runner.generate(batch, no_hooks, **kw)
+        if fold:
+            with st.fold(strength, inverse=inverse):  # the plain model, its weights rewritten
+                return st.runner.generate(batch, no_hooks, **kw)
+        return st.generate(batch, strength=strength, inverse=inverse, **kw)
+
+    records: list[dict[str, Any]] = []
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2, file=sys.stderr):
+        batch = texts[start : start + batch_size]
+        steered = run(batch, True)
+        base = run(batch, False) if unsteered else [None] * len(batch)
+        for p, s, b in zip(batch, steered, base, strict=True):
+            rec: dict[str, Any] = {"prompt": p, "strength": strength, "inverse": inverse, "steered": s}
+            if unsteered:
+                rec["unsteered"] = b
+            records.append(rec)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    for rec in records:
+        typer.echo(f"> {rec['prompt']}")
+        typer.echo(f"  steered ({strength:g}{', inverse' if inverse else ''}): {rec['prompt']}{rec['steered']}")
+        if unsteered:
+            typer.echo(f"  unsteered: {rec['prompt']}{rec['unsteered']}")
+
+
+@app.command()
+@_friendly
+def compare(
+    model: ModelOpt = "smollm2-135m",
+    concept: Annotated[
+        str | None,
+        typer.Option(help="Built-in concept (toxicity, sentiment, style): prompt sets and judge."),
+    ] = None,
+    source: Annotated[Path | None, typer.Option(help="Source prompt file (overrides the concept's).")] = None,
+    target: Annotated[Path | None, typer.Option(help="Target prompt file (overrides the concept's).")] = None,
+    eval_prompts: Annotated[Path | None, typer.Option(help="Held-out prompt file for out-of-sample scores.")] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method", help="Method to compare (repeatable). Default: lineas, linear_act, mean_act, iti, actadd."
+        ),
+    ] = None,
+    strengths: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0,0.25,0.5,0.75,1",
+    steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
+    n_fit: Annotated[int, typer.Option(help="Fit prompts per side drawn from the concept.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of each continuation.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed for fitting and sampling.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write comparison.csv and tradeoff.png here.")] = None,
+    device: DeviceOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Fit several methods on the same prompts and tabulate concept score against perplexity."""
+    from lineas_tl import evaluate
+
+    src = read_prompts(source) if source is not None else None
+    tgt = read_prompts(target) if target is not None else None
+    evals = read_prompts(eval_prompts) if eval_prompts is not None else None
+    scorer = None
+    if concept is not None:
+        from lineas_tl.concepts import get_concept
+
+        c = get_concept(concept)
+        split = c.split(n_fit=n_fit, seed=seed)
+        src, tgt = src or split.source, tgt or split.target
+        evals = evals if evals is not None else c.eval_prompts
+        scorer = c.scorer
+    if src is None or tgt is None:
+        raise CLIError("pass --concept NAME, or both --source and --target prompt files")
+    methods = list(method) if method else list(evaluate.DEFAULT_METHODS)
+    method_kwargs = {"lineas": {"steps": steps}} if steps is not None and "lineas" in methods else None
+    lm = load_model(model, device)
+    table = evaluate.compare(
+        lm,
+        src,
+        tgt,
+        methods=methods,
+        strengths=_parse_strengths(strengths),
+        eval_prompts=evals,
+        scorer=scorer,
+        method_kwargs=method_kwargs,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        out_dir=out,
+        progress=progress,
+    )
+    cols = [c for c in ("method", "strength", "score_in", "score_out", "gap", "perplexity") if c in table.columns]
+    typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if out is not None:
+        typer.echo(f"wrote {out / 'comparison.csv'}")
+
+
+@app.command()
+@_friendly
+def export(
+    steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the steered Hugging Face model.")],
+    model: ModelOpt = "smollm2-135m",
+    strength: Annotated[float, typer.Option(help="Steering strength to fold in.")] = 1.0,
+    inverse: Annotated[bool, typer.Option(help="Fold the inverse map (induce the concept).")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Fold a saved steerer into the model's weights and write a plain Hugging Face model directory."""
+    from lineas_tl.fold import save_folded
+    from lineas_tl.io import read_metadata
+    from lineas_tl.steerer import HookedSteerer
+
+    read_metadata(steerer)
+    lm = load_model(model, device)
+    st = HookedSteerer.load(steerer, lm)
+    with _quiet_stdout():
+        path = save_folded(st, out, strength, inverse=inverse)
+    typer.echo(f"wrote the steered model (strength {strength:g}{', inverse' if inverse else ''}) to {path}")
+
+
+@app.command()
+@_friendly
+def info(steerer: Annotated[Path, typer.Argument(help="Directory of a saved steerer.")]) -> None:
+    """Describe a saved steerer: method, sites, hyper-parameters, the model it was fitted on."""
+    from lineas_tl.io import read_metadata
+
+    meta = read_metadata(steerer)
+    maps = meta["maps"]
+    typer.echo(f"method:      {meta.get('method')}")
+    typer.echo(f"fitted on:   {meta['model'].get('class')} {meta['model'].get('fingerprint')}")
+    typer.echo(f"saved by:    lineas-tl {meta.get('lineas_tl_version')} on {meta.get('created')}")
+    typer.echo(f"pooling:     {meta.get('pooling')}")
+    typer.echo(f"hparams:     {json.dumps(meta.get('hparams', {}))}")
+    typer.echo(f"maps:        {len(maps)} sites")
+    for site, m in maps.items():
+        typer.echo(f"  {site}  {m.get('kind')} {tuple(m.get('feature_shape', ()))}")
+
+
+@app.command()
+@_friendly
+def demo(
+    model: ModelOpt = "smollm2-135m",
+    concept: Annotated[str, typer.Option(help="Concept to steer (toxicity, sentiment, style).")] = "toxicity",
+    steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = None,
+    quick: Annotated[bool, typer.Option(help="A fast, smaller run.")] = False,
+) -> None:
+    """Run the embedded end-to-end demo: fit LinEAS on the default model and show the effect."""
+    try:
+        from lineas_tl.demo import main as demo_main
+    except ImportError as err:
+        raise CLIError(f"the demo is not available in this installation ({err})") from err
+    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick}
+    if steps is not None:
+        kwargs["steps"] = steps
+    if out is not None:
+        kwargs["out"] = out
+    demo_main(**kwargs)
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    """Entry point: ``python -m lineas_tl.cli``."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,90 @@
+"""The :class:`Concept` record shared by every concept module, and small helpers."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+Scorer = Callable[[Sequence[str]], list[float]]
+
+
+class FitSplit(NamedTuple):
+    """Prompt sets used to fit a steerer: ``source`` has the concept, ``target`` does not."""
+
+    source: list[str]
+    target: list[str]
+
+
+@dataclass
+class Concept:
+    """An offline concept: prompt sets, held-out evaluation prompts and a judge.
+
+    Steering maps ``source`` (the side to move away from) onto ``target``. ``scorer`` maps texts
+    to scores in [0, 1], higher meaning more of the judged property (``score_name``); ``goal``
+    says whether successful source-to-target steering should ``"decrease"`` or ``"increase"``
+    that score on continuations of ``eval_prompts``.
+    """
+
+    name: str
+    source_prompts: list[str]
+    target_prompts: list[str]
+    eval_prompts: list[str]
+    scorer: Scorer = field(repr=False)
+    score_name: str
+    goal: Literal["decrease", "increase"]
+    description: str = ""
+
+    def split(self, n_fit: int = 32, seed: int = 0) -> FitSplit:
+        """Draw ``n_fit`` source and ``n_fit`` target prompts (deterministic for a seed).
+
+        Fit prompts come from the source/target pools, which never overlap ``eval_prompts``.
+        """
+        if n_fit > min(len(self.source_prompts), len(self.target_prompts)):
+            raise ValueError(f"n_fit={n_fit} exceeds the prompt pools of {self.name!r}")
+        rng = random.Random(seed)
+        source = rng.sample(self.source_prompts, n_fit)
+        return FitSplit(source, rng.sample(self.target_prompts, n_fit))
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Score texts with the concept's judge (same as ``scorer(texts)``)."""
+        return self.scorer(texts)
+
+
+def cache_root() -> Path:
+    """Root of lineas-tl's on-disk cache: ``$LINEAS_TL_CACHE`` or ``~/.cache/lineas-tl``."""
+    env = os.environ.get("LINEAS_TL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "lineas-tl"
+
+
+def atomic_joblib_dump(obj: Any, path: Path) -> None:
+    """Write ``obj`` with joblib to ``path`` via a temp file and ``os.replace``."""
+    import joblib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        joblib.dump(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fill(templates: Iterable[str], subjects: Iterable[str]) -> list[str]:
+    """Expand templates over subjects: ``{s}`` is a subject, ``{s_l}`` it lowercase-initial."""
+    subjects = list(subjects)
+    return [t.format(s=s, s_l=s[:1].lower() + s[1:]) for t in templates for s in subjects]
+
+
+def shuffled(items: Iterable[str], seed: int = 0) -> list[str]:
+    """Deduplicated (order-preserving) then deterministically shuffled copy of ``items``."""
+    out = list(dict.fromkeys(items))
+    random.Random(seed).shuffle(out)
+    return out

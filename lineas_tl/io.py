@@ -1,0 +1,400 @@
+"""Save a fitted steerer to a directory and load it back onto a model.
+
+A saved steerer is a directory of two files:
+
+``maps.safetensors``
+    every map's parameters, keys ``"{site}.weight"`` (:math:`\\omega`) and ``"{site}.bias"``
+    (:math:`b`), in the maps' own dtype: a round trip is bit-exact.
+``steerer.json``
+    what is needed to rebuild and check it: format version, lineas-tl version, method,
+    hyper-parameters, sites, pooling, each map's ``feature_shape`` / ``feature_axis`` / ``kind``, the
+    SHA-256 of ``maps.safetensors``, the fitted model's class and fingerprint (architecture and
+    weights, see :mod:`lineas_tl.fingerprint`), and a JSON-safe copy of the fitting history.
+
+Writing is atomic: both files go to a hidden temporary directory next to the target, which is then
+renamed into place, so an interrupted save never leaves a half-written steerer at the path (an
+existing steerer there is kept until the new one is complete). Loading checks, in order: that the
+files exist and agree (checksum), that every site exists on the model and has the saved width, and
+that the model's architecture fingerprint matches (an error) and its weights fingerprint (a warning:
+the same shape of model with other weights, e.g. a fine-tune).
+
+Example:
+    >>> steerer.save("steerers/detox")
+    >>> same = HookedSteerer.load("steerers/detox", model)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lineas_tl.fingerprint import model_fingerprint
+from lineas_tl.maps import AffineMap
+from lineas_tl.sites import hook_points
+
+if TYPE_CHECKING:
+    from lineas_tl.steerer import HookedSteerer
+
+FORMAT = "lineas-tl steerer"
+FORMAT_VERSION = 1
+MAPS_FILE = "maps.safetensors"
+META_FILE = "steerer.json"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAPS_FILE",
+    "META_FILE",
+    "SteererFormatError",
+    "SteererMismatchError",
+    "load_steerer",
+    "read_metadata",
+    "save_steerer",
+]
+
+
+class SteererFormatError(ValueError):
+    """A directory that is not a complete, readable saved steerer."""
+
+
+class SteererMismatchError(ValueError):
+    """A saved steerer that does not fit the model it is loaded onto (sites, widths, architecture)."""
+
+
+# --------------------------------------------------------------------------- saving
+def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
+    """Write ``steerer`` to the directory ``path`` atomically; returns the path.
+
+    An existing saved steerer (or an empty directory) at ``path`` is replaced only once the new one
+    is completely written. Any other existing file or non-empty directory is left alone and raises
+    ``FileExistsError``, so a typo cannot delete unrelated data.
+    """
+    if not steerer.maps_:
+        raise RuntimeError("this steerer is not fitted: nothing to save")
+    target = Path(path).expanduser()
+    _check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    tensors: dict[str, torch.Tensor] = {}
+    maps_meta: dict[str, dict[str, Any]] = {}
+    for site, m in steerer.maps_.items():
+        tensors[f"{site}.weight"] = m.weight.detach().cpu().contiguous().clone()
+        tensors[f"{site}.bias"] = m.bias.detach().cpu().contiguous().clone()
+        maps_meta[site] = {
+            "feature_shape": list(m.feature_shape),
+            "feature_axis": m.feature_axis,
+            "kind": m.kind,
+            "dtype": str(m.weight.dtype).removeprefix("torch."),
+        }
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp creates 0700; a shared steerer should be readable
+        maps_file = tmp / MAPS_FILE
+        save_file(tensors, str(maps_file), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lineas_tl_version": _version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "class": type(steerer).__name__,
+            "method": steerer.method_,
+            "hparams": _json_safe(steerer.hparams_),
+            "pooling": steerer.pooling,
+            "sites": list(steerer.sites),
+            "maps": maps_meta,
+            "maps_sha256": _sha256(maps_file),
+            "model": {
+                "class": type(steerer.model).__name__,
+                "description": describe_model(steerer.model),
+                "fingerprint": model_fingerprint(steerer.model),
+            },
+            "history": _json_safe(steerer.history_),
+        }
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(f"{target} exists and is not a directory; choose another path")
+    if target.is_dir() and any(target.iterdir()) and not (target / META_FILE).is_file():
+        raise FileExistsError(
+            f"{target} is a non-empty directory that is not a saved steerer; refusing to replace it. "
+            "Choose a new path or remove it yourself."
+        )
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the complete ``tmp`` to ``target``, replacing an existing steerer without a gap."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    if not any(target.iterdir()):
+        os.replace(tmp, target)  # POSIX rename replaces an empty directory atomically
+        return
+    # A directory cannot be atomically replaced by a non-empty one: move the old one aside first.
+    # Were we killed between the two renames, the old steerer survives in ``old``, the new one in
+    # ``tmp``, and nothing half-written is ever at ``target``.
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(old)
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loading
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate ``steerer.json`` of a saved steerer (does not touch the maps or a model).
+
+    Raises:
+        FileNotFoundError: no directory at ``path``.
+        SteererFormatError: not a saved steerer, incomplete, corrupt, or from a newer format.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"no saved steerer at {root}: the path does not exist")
+    if not root.is_dir():
+        raise SteererFormatError(f"{root} is a file; a saved steerer is a directory (see HookedSteerer.save)")
+    meta_file, maps_file = root / META_FILE, root / MAPS_FILE
+    missing = [f.name for f in (meta_file, maps_file) if not f.is_file()]
+    if missing:
+        raise SteererFormatError(
+            f"{root} is not a complete saved steerer: missing {', '.join(missing)}. "
+            "Save it again with steerer.save(path)."
+        )
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SteererFormatError(f"{meta_file} is corrupt ({err}); save the steerer again") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SteererFormatError(f"{meta_file} is not a lineas-tl steerer description")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SteererFormatError(
+            f"{root} was saved in steerer format {version!r} by lineas-tl "
+            f"{meta.get('lineas_tl_version')}; this lineas-tl ({_version()}) reads format "
+            f"<= {FORMAT_VERSION}: upgrade lineas-tl"
+        )
+    for key, kind in (("maps", dict), ("sites", list), ("pooling", str), ("model", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise SteererFormatError(f"{meta_file} has no valid {key!r} entry; save the steerer again")
+    return meta
+
+
+def load_steerer(
+    cls: type[HookedSteerer],
+    path: str | os.PathLike[str],
+    model: Any,
+    *,
+    strict: bool = True,
+) -> HookedSteerer:
+    """Load the steerer saved at ``path`` onto ``model``; returns a fitted ``cls`` instance.
+
+    Args:
+        cls: the steerer class to build (``HookedSteerer`` or a subclass).
+        path: a directory written by :func:`save_steerer`.
+        model: the model to steer; maps are placed on its device.
+        strict: a different architecture fingerprint (other parameter names or shapes) is an error
+            when True, a warning when False. Missing sites and different widths are always errors.
+
+    Raises:
+        FileNotFoundError, SteererFormatError: ``path`` is not a complete, uncorrupted steerer.
+        SteererMismatchError: a site is missing on ``model``, a width differs, or (``strict``) the
+            architecture differs. The message names the site and both shapes.
+
+    Warns:
+        UserWarning: same architecture, different weights (the steerer was fitted on another model
+        of the same shape).
+    """
+    meta = read_metadata(path)
+    root = Path(path).expanduser()
+    maps_file = root / MAPS_FILE
+    if meta.get("maps_sha256") and _sha256(maps_file) != meta["maps_sha256"]:
+        raise SteererFormatError(
+            f"{maps_file} does not match {META_FILE} (checksum differs): the directory is corrupt or "
+            "mixes two saves; save the steerer again"
+        )
+    try:
+        tensors = load_file(str(maps_file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SteererFormatError(f"{maps_file} cannot be read ({err}); save the steerer again") from err
+
+    saved_model = meta["model"]
+    fitted_on = str(saved_model.get("description") or saved_model.get("class", "?"))
+    _check_sites(meta, model, fitted_on)
+    fp_now = model_fingerprint(model)
+    fp_saved = saved_model.get("fingerprint") or {}
+    arch_differs = fp_saved.get("architecture") not in (None, fp_now["architecture"])
+    if arch_differs:
+        _check_widths(meta, model, fitted_on)  # a width mismatch is the most useful message: try it first
+        msg = (
+            f"the steerer at {root} was fitted on a model of another architecture ({fitted_on}, "
+            f"architecture fingerprint {fp_saved.get('architecture')}; this model: "
+            f"{describe_model(model)}, {fp_now['architecture']}). Its sites and widths exist here, "
+            "but its parameter names or shapes differ."
+        )
+        if strict:
+            raise SteererMismatchError(
+                msg + " Load onto the model it was fitted on, or call "
+                "lineas_tl.io.load_steerer(HookedSteerer, path, model, strict=False) to load anyway."
+            )
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    elif fp_saved.get("weights") not in (None, fp_now["weights"]):
+        warnings.warn(
+            f"the steerer at {root} was fitted on a model with the same architecture but other "
+            f"weights (saved weights fingerprint {fp_saved.get('weights')}, this model "
+            f"{fp_now['weights']}); its maps may not transfer",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    device = _device(model)
+    maps: dict[str, AffineMap] = {}
+    for site, info in meta["maps"].items():
+        shape = tuple(int(s) for s in info["feature_shape"])
+        try:
+            weight, bias = tensors[f"{site}.weight"], tensors[f"{site}.bias"]
+        except KeyError as err:
+            raise SteererFormatError(f"{maps_file} has no tensor {err.args[0]!r}; save the steerer again") from err
+        if tuple(weight.shape) != shape or tuple(bias.shape) != shape:
+            raise SteererFormatError(
+                f"{maps_file}: tensors of site {site!r} have shapes {tuple(weight.shape)} / "
+                f"{tuple(bias.shape)}, the description says {shape}; save the steerer again"
+            )
+        m = AffineMap(shape, int(info.get("feature_axis", 2)), kind=info.get("kind", "affine"))
+        m.weight.data = weight.to(device)
+        m.bias.data = bias.to(device)
+        m.requires_grad_(False)
+        maps[site] = m
+
+    steerer = cls(model, sites=meta["sites"] or list(maps), pooling=meta["pooling"])
+    steerer.maps_ = maps
+    steerer.method_ = meta.get("method")
+    steerer.hparams_ = dict(meta.get("hparams") or {})
+    steerer.history_ = dict(meta.get("history") or {})
+    return steerer
+
+
+def _check_sites(meta: dict[str, Any], model: Any, fitted_on: str) -> None:
+    points = hook_points(model)
+    canonical = {hp.name or name for name, hp in points.items()} | set(points)
+    wanted = list(dict.fromkeys([*meta["sites"], *meta["maps"]]))
+    missing = [s for s in wanted if s not in canonical]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SteererMismatchError(
+            f"this steerer does not fit {describe_model(model)}: site(s) {shown} are not hook points "
+            f"of this model. It was fitted on {fitted_on}; load it onto that model."
+        )
+
+
+def _check_widths(meta: dict[str, Any], model: Any, fitted_on: str) -> None:
+    """Compare each map's feature shape with the model's, read from a one-token probe pass."""
+    shapes = _probe_shapes(model, list(meta["maps"]))
+    if shapes is None:
+        return
+    for site, info in meta["maps"].items():
+        saved = tuple(int(s) for s in info["feature_shape"])
+        here = shapes.get(site)
+        if here is not None and tuple(here) != saved:
+            raise SteererMismatchError(
+                f"width mismatch at site {site!r}: the steerer's map has features {saved}, this "
+                f"model's activation there has {tuple(here)}. It was fitted on {fitted_on}; load it "
+                "onto that model."
+            )
+
+
+def _probe_shapes(model: Any, sites: list[str]) -> dict[str, tuple[int, ...]] | None:
+    from lineas_tl.collect import pooled_forward
+    from lineas_tl.runner import LanguageModelRunner, get_runner
+
+    runner = get_runner(model)
+    if not isinstance(runner, LanguageModelRunner):
+        return None  # no universal probe input; the architecture fingerprint still guards
+    try:
+        batch = runner.prepare([[0]]).batch([0])
+        with torch.no_grad():
+            _, shapes = pooled_forward(runner, batch, sites)
+    except Exception:  # noqa: BLE001  (the fingerprint check still reports the mismatch)
+        return None
+    return {site: shape for site, (_, shape) in shapes.items()}
+
+
+# --------------------------------------------------------------------------- helpers
+def describe_model(model: Any) -> str:
+    """A short human description, e.g. ``"TransformerBridge(LlamaForCausalLM, 30 layers, d_model 576)"``."""
+    cfg = getattr(model, "cfg", None)
+    parts = [str(getattr(cfg, "architecture", "") or getattr(cfg, "model_name", "") or "")]
+    if isinstance(getattr(cfg, "n_layers", None), int):
+        parts.append(f"{cfg.n_layers} layers")
+    if isinstance(getattr(cfg, "d_model", None), int):
+        parts.append(f"d_model {cfg.d_model}")
+    inner = ", ".join(p for p in parts if p)
+    return f"{type(model).__name__}({inner})" if inner else type(model).__name__
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device("cpu")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _version() -> str:
+    import lineas_tl
+
+    return str(getattr(lineas_tl, "__version__", "unknown"))
+
+
+def _json_safe(obj: Any, _depth: int = 0) -> Any:
+    """A JSON-serialisable copy of ``obj``: containers kept, tensors/arrays as lists, others as repr."""
+    if _depth > 20:
+        return repr(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v, _depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v, _depth + 1) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        if obj.numel() <= 100_000:
+            return _json_safe(obj.detach().cpu().tolist(), _depth + 1)
+        return f"<tensor of shape {tuple(obj.shape)}, not saved>"
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy arrays and scalars
+        return _json_safe(obj.tolist(), _depth + 1)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return repr(obj)

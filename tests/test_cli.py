@@ -1,0 +1,213 @@
+"""The ``lineas-tl`` command: fit then generate on a tiny saved model, helpful errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lineas_tl.cli import app, read_prompts
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def prompt_files(tmp_path: Path, text_sets) -> dict[str, Path]:
+    src, tgt = tmp_path / "source.txt", tmp_path / "target.json"
+    src.write_text("\n".join(text_sets["source"][:8]) + "\n\n")
+    tgt.write_text(json.dumps(text_sets["target"][:8]))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    return {"source": src, "target": tgt, "empty": empty}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # one line, and the last
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def saved_steerer(tmp_path_factory, gpt2_dir) -> Path:
+    """One ``lineas-tl fit`` run on the tiny GPT-2, shared by the generate tests."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import SOURCE_WORDS, TARGET_WORDS, make_prompts
+
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "s.txt").write_text("\n".join(make_prompts(SOURCE_WORDS, 8, 1)))
+    (tmp / "t.txt").write_text("\n".join(make_prompts(TARGET_WORDS, 8, 2)))
+    out = tmp / "steerer"
+    result = invoke(
+        "fit", "--model", gpt2_dir, "--source", tmp / "s.txt", "--target", tmp / "t.txt",
+        "--steps", 3, "--seed", 1, "-p", "lr=0.05", "--out", out, "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "saved lineas steerer (6 sites" in result.stdout and str(out) in result.stdout
+    return out
+
+
+def test_fit_writes_a_loadable_steerer(saved_steerer, gpt2_dir):
+    from lineas_tl import HookedSteerer
+    from lineas_tl.models import load
+
+    meta = json.loads((saved_steerer / "steerer.json").read_text())
+    assert meta["method"] == "lineas" and meta["hparams"] == {"lr": 0.05, "steps": 3, "seed": 1}
+    steerer = HookedSteerer.load(saved_steerer, load(str(gpt2_dir)))
+    assert len(steerer.maps_) == 6
+
+
+def test_generate_with_the_fitted_steerer(saved_steerer, gpt2_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("you are a\nhave a lovely\n")
+    common = ["--model", gpt2_dir, "--steerer", saved_steerer, "--max-new-tokens", 5, "--no-progress"]
+    result = invoke(
+        "generate", *common, "--prompts", prompts, "--prompt", "the cat", "--strength", 4, "--unsteered", "--json"
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    records = json.loads(result.stdout)
+    assert [r["prompt"] for r in records] == ["the cat", "you are a", "have a lovely"]
+    assert all(isinstance(r["steered"], str) and isinstance(r["unsteered"], str) for r in records)
+
+    folded = invoke(
+        "generate", *common, "--prompts", prompts, "--prompt", "the cat", "--strength", 4, "--fold", "--json"
+    )
+    assert folded.exit_code == 0, folded.output + folded.stderr
+    assert [r["steered"] for r in json.loads(folded.stdout)] == [r["steered"] for r in records]
+
+    text = invoke("generate", *common, "--prompt", "the cat", "--inverse")
+    assert text.exit_code == 0 and text.stdout.startswith("> the cat\n  steered (1, inverse): the cat")
+
+
+def test_export_writes_a_steered_hugging_face_model(saved_steerer, gpt2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = invoke("export", "--model", gpt2_dir, "--steerer", saved_steerer, "--out", tmp_path / "m", "--strength", 2)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote the steered model (strength 2)" in result.stdout
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m") is not None
+    again = invoke("export", "--model", gpt2_dir, "--steerer", saved_steerer, "--out", tmp_path / "m")
+    assert_one_line_error(again, "not an empty directory")
+
+
+def test_info_describes_the_steerer(saved_steerer):
+    result = invoke("info", saved_steerer)
+    assert result.exit_code == 0, result.output
+    assert "method:      lineas" in result.stdout and "6 sites" in result.stdout
+    assert "blocks.0.attn.hook_out  affine (32,)" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["generate"], ["compare"], ["export"], ["demo"], ["info"]])
+def test_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout
+
+
+def test_no_arguments_shows_the_commands():
+    result = invoke()
+    assert "fit" in result.output and "generate" in result.output
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_prompt_file(gpt2_dir, prompt_files, tmp_path):
+    result = invoke("fit", "--model", gpt2_dir, "--source", tmp_path / "nope.txt", "--target", prompt_files["target"])
+    assert_one_line_error(result, "nope.txt", "does not exist")
+
+
+def test_empty_prompt_file(gpt2_dir, prompt_files):
+    result = invoke("fit", "--model", gpt2_dir, "--source", prompt_files["empty"], "--target", prompt_files["target"])
+    assert_one_line_error(result, "empty.txt", "holds no prompts")
+
+
+def test_unknown_method(gpt2_dir, prompt_files):
+    result = invoke(
+        "fit",
+        "--model",
+        gpt2_dir,
+        "--source",
+        prompt_files["source"],
+        "--target",
+        prompt_files["target"],
+        "--method",
+        "magic",
+    )
+    assert_one_line_error(result, "unknown method 'magic'", "lineas")
+
+
+def test_hyper_parameter_the_method_does_not_take(gpt2_dir, prompt_files):
+    result = invoke(
+        "fit", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
+        "--method", "linear_act", "--steps", 10,
+    )  # fmt: skip
+    assert_one_line_error(result, "'linear_act' has no hyper-parameter 'steps'", "sequential")
+
+
+def test_wrong_site(gpt2_dir, prompt_files, tmp_path):
+    result = invoke(
+        "fit", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
+        "--site", "blocks.0.hook_atn_out", "--out", tmp_path / "s",
+    )  # fmt: skip
+    assert_one_line_error(result, "'blocks.0.hook_atn_out' is not a hook point", "Did you mean")
+
+
+def test_missing_model_directory(prompt_files, tmp_path):
+    result = invoke(
+        "fit", "--model", tmp_path / "no-model", "--source", prompt_files["source"], "--target", prompt_files["target"]
+    )
+    assert_one_line_error(result, "no-model")
+
+
+def test_generate_with_no_steerer_or_no_prompt(saved_steerer, gpt2_dir, tmp_path):
+    result = invoke("generate", "--model", gpt2_dir, "--steerer", tmp_path / "none", "--prompt", "hi")
+    assert_one_line_error(result, "no saved steerer")
+    result = invoke("generate", "--model", gpt2_dir, "--steerer", saved_steerer)
+    assert_one_line_error(result, "no prompts")
+
+
+def test_generate_onto_another_model_names_the_mismatch(saved_steerer, llama_dir):
+    result = invoke(
+        "generate", "--model", llama_dir, "--steerer", saved_steerer, "--prompt", "hi", "--max-new-tokens", 2
+    )
+    assert_one_line_error(result, "another architecture", "GPT2LMHeadModel")
+
+
+def test_bad_param_syntax(gpt2_dir, prompt_files):
+    result = invoke(
+        "fit",
+        "--model",
+        gpt2_dir,
+        "--source",
+        prompt_files["source"],
+        "--target",
+        prompt_files["target"],
+        "-p",
+        "gamma",
+    )
+    assert_one_line_error(result, "KEY=VALUE")
+
+
+def test_compare_needs_prompts_or_a_concept(gpt2_dir):
+    result = invoke("compare", "--model", gpt2_dir)
+    assert_one_line_error(result, "--concept")
+
+
+def test_read_prompts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("  one \n\ntwo\n")
+    (tmp_path / "b.json").write_text('["x", " ", "y"]')
+    (tmp_path / "c.json").write_text('{"not": "a list"}')
+    assert read_prompts(tmp_path / "a.txt") == ["one", "two"]
+    assert read_prompts(tmp_path / "b.json") == ["x", "y"]
+    with pytest.raises(ValueError, match="JSON list of strings"):
+        read_prompts(tmp_path / "c.json")

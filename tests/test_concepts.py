@@ -1,0 +1,153 @@
+"""Offline concept data sets and judges: sizes, disjointness, determinism, judges' sense."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lineas_tl import concepts
+from lineas_tl.concepts import get_concept, reference_text
+from lineas_tl.concepts import style as style_mod
+from lineas_tl.concepts import text as text_mod
+
+NAMES = ["toxicity", "sentiment", "style"]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("concept code tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture(scope="module")
+def style_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Fit the style classifier once, into a temporary cache root."""
+    root = tmp_path_factory.mktemp("lineas-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LINEAS_TL_CACHE", str(root))
+    style_mod._classifier.cache_clear()
+    yield root
+    style_mod._classifier.cache_clear()
+    mp.undo()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sets_sizes_disjoint_deterministic(name: str) -> None:
+    c = get_concept(name)
+    assert c.name == name and c.goal in ("decrease", "increase")
+    assert len(c.source_prompts) >= 64 and len(c.target_prompts) >= 64 and len(c.eval_prompts) >= 64
+    for prompts in (c.source_prompts, c.target_prompts, c.eval_prompts):
+        assert len(set(prompts)) == len(prompts)
+        assert all(3 <= len(p.split()) <= 15 for p in prompts)
+    fit = set(c.source_prompts) | set(c.target_prompts)
+    assert not fit & set(c.eval_prompts)
+    assert not set(c.source_prompts) & set(c.target_prompts)
+    again = get_concept(name)
+    assert (again.source_prompts, again.target_prompts, again.eval_prompts) == (
+        c.source_prompts,
+        c.target_prompts,
+        c.eval_prompts,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_split(name: str) -> None:
+    c = get_concept(name)
+    source, target = c.split(n_fit=32, seed=0)
+    assert len(source) == len(target) == 32
+    assert set(source) <= set(c.source_prompts) and set(target) <= set(c.target_prompts)
+    assert c.split(32, seed=0) == (source, target)
+    assert c.split(32, seed=1) != (source, target)
+    with pytest.raises(ValueError):
+        c.split(n_fit=10_000)
+
+
+def test_unknown_concept() -> None:
+    assert concepts.available_concepts() == NAMES
+    with pytest.raises(ValueError, match="unknown concept"):
+        get_concept("politeness")
+
+
+def test_toxicity_judge() -> None:
+    c = get_concept("toxicity")
+    toxic, benign = c.scorer(
+        ["Shut up, you stupid moron, nobody likes you.", "Have a wonderful day, friend."]
+    )
+    assert 0.0 <= benign < 0.2 < 0.8 < toxic <= 1.0
+    # the prompt sets themselves differ in the judged direction
+    src, tgt = c.scorer(c.source_prompts), c.scorer(c.target_prompts)
+    assert sum(src) / len(src) > sum(tgt) / len(tgt) + 0.5
+    assert c.goal == "decrease" and c.scorer([]) == []
+
+
+def test_sentiment_judge() -> None:
+    c = get_concept("sentiment")
+    neg, neutral, pos = c.scorer(
+        [
+            "This was awful, I hated every minute.",
+            "The meeting is at 3 pm.",
+            "I loved it, truly wonderful!",
+        ]
+    )
+    assert pos < 0.2 < 0.8 < neg
+    assert neutral == pytest.approx(0.5)
+    assert c.goal == "decrease"
+
+
+def test_style_classifier(style_cache: Path) -> None:
+    acc = concepts.style_classifier_accuracy()
+    assert acc > 0.8
+    report = style_mod.style_classifier_report()
+    assert min(report["group_accuracy"].values()) > 0.8
+    assert list(style_cache.glob("concepts/style-classifier-*.joblib"))
+    c = get_concept("style")
+    old, modern = c.scorer(
+        [
+            "Wherefore dost thou weep, sweet maid? I prithee tell me.",
+            "The company reported higher revenue this quarter.",
+        ]
+    )
+    assert old > 0.8 and modern < 0.2
+    assert c.goal == "increase"
+    src, tgt = c.scorer(c.source_prompts), c.scorer(c.target_prompts)
+    assert sum(tgt) / len(tgt) > sum(src) / len(src) + 0.5
+
+
+def test_style_classifier_cache_reused(style_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    concepts.style_classifier_accuracy()  # make sure it is fitted and cached
+    style_mod._classifier.cache_clear()
+
+    def no_refit() -> None:
+        raise AssertionError("classifier refitted despite a cache")
+
+    monkeypatch.setattr(style_mod, "_fit", no_refit)
+    assert concepts.style_classifier_accuracy() > 0.8
+
+
+def test_style_prompts_not_in_classifier_data() -> None:
+    groups = style_mod._training_groups()
+    used = {s for part in style_mod._prompt_sentences() for s in part}
+    assert not used & {s for sents in groups.values() for s in sents}
+
+
+def test_reference_text() -> None:
+    paragraphs = reference_text(n=16, seed=0)
+    assert len(paragraphs) == 16 and paragraphs == reference_text(n=16, seed=0)
+    assert paragraphs != reference_text(n=16, seed=1)
+    markup = re.compile(r"\[\[|\]\]|\{\{|\}\}|''|==|<[a-z/]|\||&[a-z]+;|^[*#:]")
+    for p in paragraphs:
+        assert len(p.split()) >= 30
+        assert not markup.search(p), p
+    # disjoint from the Wikipedia text the style concept trains on
+    style_wiki = set(text_mod.wiki_sentences())
+    assert not style_wiki & {s for p in paragraphs for s in text_mod.split_sentences(p)}
+    short = reference_text(n=8, seed=0, max_words=50)
+    assert all(len(p.split()) <= 50 or len(text_mod.split_sentences(p)) == 1 for p in short)
