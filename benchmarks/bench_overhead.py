@@ -492,11 +492,17 @@ def report(res: dict[str, Any]) -> str:
         "",
         "## Notes",
         "",
-        "- **Threads.** These numbers were taken with `--threads 1` on a shared machine (other jobs "
-        "kept the load average between 5 and 9 on 2 cores). With two OpenMP threads per process "
-        "under that load, run times swung tenfold (one 32-token generation took anywhere from 4 to "
-        "32 s), which no ratio survives; one thread gives stable, comparable runs. On an idle "
-        "machine run without `--threads` to use every core.",
+        (
+            "- **Threads.** These numbers were taken with `--threads 1` on a shared machine (other "
+            "jobs kept the load average between 5 and 9 on 2 cores). With two OpenMP threads per "
+            "process under that load, run times swung tenfold (in a trial run, one 32-token "
+            "generation of a small test model took anywhere from 4.5 to 32 s), which no ratio "
+            "survives; one thread gives stable, comparable runs. On an idle machine run without "
+            "`--threads` to use every core."
+            if "--threads 1" in cmd
+            else "- **Threads.** torch's default thread count; on a loaded, shared machine use "
+            "`--threads 1` (OpenMP oversubscription makes timings swing tenfold)."
+        ),
         "- **Generation at batch 1** is the worst case for hooks: the per-token hook cost is fixed, "
         "and a single sequence makes each token step as short as it gets.",
         "- **Memory before the fix.** The first run of this benchmark found the collector's memory "

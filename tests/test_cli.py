@@ -101,6 +101,19 @@ def test_export_writes_a_steered_hugging_face_model(saved_steerer, gpt2_dir, tmp
     assert_one_line_error(again, "not an empty directory")
 
 
+def test_compare_tabulates_methods(gpt2_dir, prompt_files, tmp_path):
+    evals = tmp_path / "eval.txt"
+    evals.write_text("the weather is\nmy dog likes\n")
+    result = invoke(
+        "compare", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
+        "--eval-prompts", evals, "--method", "mean_act", "--strengths", "0,1",
+        "--max-new-tokens", 3, "--out", tmp_path / "cmp", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "mean_act" in result.stdout and "perplexity" in result.stdout
+    assert (tmp_path / "cmp" / "comparison.csv").exists()
+
+
 def test_info_describes_the_steerer(saved_steerer):
     result = invoke("info", saved_steerer)
     assert result.exit_code == 0, result.output
