@@ -161,3 +161,11 @@ def text_sets() -> dict[str, list[str]]:
         "source": make_prompts(SOURCE_WORDS, 40, seed=1),
         "target": make_prompts(TARGET_WORDS, 40, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded default model (default user cache: fast after the first run)."""
+    from lineas_tl import models
+
+    return models.load("smollm2-135m")

@@ -55,7 +55,7 @@ def assert_same_weights(before: dict[str, torch.Tensor], model) -> None:
         assert torch.equal(after[k], v), f"{k} not restored exactly"
 
 
-@pytest.mark.parametrize("strength,inverse", [(1.0, False), (0.5, False), (0.7, True)])
+@pytest.mark.parametrize("strength,inverse", [(1.0, False), (0.7, True)])
 def test_folded_matches_hooked_and_restores_exactly(hf_model, strength, inverse):
     steerer = manual(hf_model)
     before = snapshot(hf_model)
@@ -91,7 +91,7 @@ def test_inputs_and_outputs_of_projections_fold(hf_model):
 
 def test_folded_generation_matches_hooked_generation(hf_model):
     steerer = manual(hf_model)
-    kw = dict(max_new_tokens=8, return_type="tokens", stop_at_eos=False)
+    kw = dict(max_new_tokens=5, return_type="tokens", stop_at_eos=False)
     hooked = steerer.generate(["you are a", "have a lovely"], strength=1.0, **kw)
     with steerer.fold(1.0):
         plain = steerer.runner.generate(["you are a", "have a lovely"], lambda tracker: [], **kw)
@@ -230,7 +230,7 @@ def test_every_method_folds(gpt2_model, text_sets, method):
     """Each method's maps sit where a fold is exact: attn/MLP outputs, hook_z, the residual stream."""
     hparams = {"steps": 2, "lr": 0.1} if method == "lineas" else {}
     steerer = HookedSteerer(gpt2_model).fit(
-        text_sets["source"][:8], text_sets["target"][:8], method=method, progress=False, **hparams
+        text_sets["source"][:4], text_sets["target"][:4], method=method, progress=False, **hparams
     )
     strength = 4.0 if method == "actadd" else 1.0
     tokens = gpt2_model.to_tokens(["you are a stupid idiot", "have a lovely day"], padding_side="right")

