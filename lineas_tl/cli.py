@@ -423,13 +423,14 @@ def demo(
     steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = None,
     quick: Annotated[bool, typer.Option(help="A fast, smaller run.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the fit prompts, fitting and sampling.")] = 0,
 ) -> None:
-    """Run the embedded end-to-end demo: fit LinEAS on the default model and show the effect."""
+    """Run the embedded end-to-end demo: fit every method on the default model and compare them."""
     try:
         from lineas_tl.demo import main as demo_main
     except ImportError as err:
         raise CLIError(f"the demo is not available in this installation ({err})") from err
-    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick}
+    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick, "seed": seed}
     if steps is not None:
         kwargs["steps"] = steps
     if out is not None:

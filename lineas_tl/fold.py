@@ -357,7 +357,9 @@ def fold(
     After this, the plain model computes what ``with steerer.steer(strength, inverse=inverse)``
     computes, with no hook at all. Use the returned :class:`FoldHandle` as a context manager or call
     its ``undo()`` to restore the exact original weights. Do not also activate the same steerer's
-    hooks while it is folded (that would apply it twice).
+    hooks while it is folded (that would apply it twice). Folding several steerers one after the
+    other composes like entering their ``steer()`` contexts in the same order, except where two of
+    them share an input site (``hook_z``, ``mlp.hook_post``): there the later fold acts first.
 
     Args:
         steerer: a fitted steerer.

@@ -103,6 +103,8 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
         tmp.chmod(0o755)  # mkdtemp creates 0700; a shared steerer should be readable
         maps_file = tmp / MAPS_FILE
         save_file(tensors, str(maps_file), metadata={"format": FORMAT})
+        with open(maps_file, "rb") as fh:  # on disk before the rename makes it visible
+            os.fsync(fh.fileno())
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
