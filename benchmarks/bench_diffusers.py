@@ -5,7 +5,8 @@ pipeline with Stable Diffusion 1.5's UNet (860M parameters), CLIP ViT-L/14 text 
 configs. On a CPU the SD-1.5-sized one runs one denoising step at a small resolution
 (``--sd15-size``, default 128 px, i.e. 16x16 latents).
 
-Measured, median of ``--repeats`` runs after one warm-up:
+Measured, median of ``--repeats`` runs after one warm-up (the three generation variants run
+round-robin, so that a change in machine load hits them alike):
 
 * ``prepare``: recording the UNet inputs of the fitting prompts (text encoder + step-0 inputs);
 * ``fit step``: one LinEAS step: UNet forward with a map at every normalisation layer,
@@ -51,13 +52,20 @@ OBJECTS = ["cat", "dog", "car", "house", "tree", "flower", "bird", "horse", "boa
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return timed_together([fn], repeats)[0]
+
+
+def timed_together(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Median wall time of each of ``fns``, run round-robin (so load drift hits them alike)."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def sd15_pipeline(seed: int = 0) -> Any:
@@ -126,9 +134,14 @@ def bench(name: str, pipe: Any, *, batch: int, size: int | None, steps: int, rep
     fit_s = timed(fit_step, repeats)
     call = hooked.call_kwargs()
     prompt = "a photo of a red cat"
-    plain_s = timed(lambda: pipe(prompt, generator=torch.Generator().manual_seed(0), output_type="np", **call), repeats)
-    steered_s = timed(lambda: steerer.generate(prompt, strength=1.0, seed=0, output_type="np"), repeats)
-    zero_s = timed(lambda: steerer.generate(prompt, strength=0.0, seed=0, output_type="np"), repeats)
+    plain_s, steered_s, zero_s = timed_together(
+        [
+            lambda: pipe(prompt, generator=torch.Generator().manual_seed(0), output_type="np", **call),
+            lambda: steerer.generate(prompt, strength=1.0, seed=0, output_type="np"),
+            lambda: steerer.generate(prompt, strength=0.0, seed=0, output_type="np"),
+        ],
+        repeats,
+    )
     hooked.remove_hook_points()
     res = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     return {

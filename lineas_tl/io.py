@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from lineas_tl.fingerprint import model_fingerprint
 from lineas_tl.maps import AffineMap
+from lineas_tl.runner import model_device
 from lineas_tl.sites import hook_points
 
 if TYPE_CHECKING:
@@ -273,7 +274,7 @@ def load_steerer(
             stacklevel=3,
         )
 
-    device = _device(model)
+    device = model_device(model)
     maps: dict[str, AffineMap] = {}
     for site, info in meta["maps"].items():
         shape = tuple(int(s) for s in info["feature_shape"])
@@ -356,13 +357,6 @@ def describe_model(model: Any) -> str:
         parts.append(f"d_model {cfg.d_model}")
     inner = ", ".join(p for p in parts if p)
     return f"{type(model).__name__}({inner})" if inner else type(model).__name__
-
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
 
 
 def _sha256(path: Path) -> str:

@@ -67,6 +67,14 @@ class Runner(Protocol):
     def features(self, site: str, act: Tensor) -> tuple[int, tuple[int, ...]]: ...
 
 
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device("cpu")
+
+
 def get_runner(model: Any) -> Runner:
     """The runner for ``model``: its own ``lineas_runner()`` if it has one, else a language model's."""
     if hasattr(model, "lineas_runner"):
@@ -116,10 +124,7 @@ class LanguageModelRunner:
 
     @property
     def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return model_device(self.model)
 
     @property
     def tokenizer(self) -> Any:

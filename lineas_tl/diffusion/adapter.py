@@ -238,6 +238,13 @@ class HookedPipeline(HookedUNet):
     averages the pooled activation over those steps. The latents of steps after the first come
     from the *unsteered* trajectory (they are recorded once, before fitting). Generation steers
     every step. The pipeline is assumed to call its UNet once per step, as diffusers pipelines do.
+    On the trained digits model (:mod:`lineas_tl.diffusion.digits`, 10 DDIM steps) step 0 removed
+    the concept as well as ``"all"`` or ``[0, 3, 6]`` did, moved other prompts' images 3-5x less,
+    and fitted 10x faster than ``"all"``.
+
+    ``collect_activations(..., cache_dir=...)`` keys its disk cache on the weights, prompts, sites
+    and pooling, not on ``pool_steps``, the schedule or ``seed``: give each setting its own
+    ``cache_dir``.
 
     Classifier-free guidance: with ``guidance_scale > 1`` the UNet batch is ``[uncond, cond]``.
     Fitting reads the conditional half only (the unconditional half is the same for every prompt);

@@ -111,7 +111,7 @@ def tiny_unet(
 ) -> Any:
     """A tiny ``UNet2DConditionModel`` (SD-1.5 layout: cross-attention down/up blocks, a mid block).
 
-    With the defaults: two resolutions, one resnet per block, ~60k parameters, 33 normalisation
+    With the defaults: two resolutions, one resnet per block, 0.2M parameters, 33 normalisation
     layers (GroupNorms in resnets and transformer inputs, LayerNorms in transformer blocks).
     """
     from diffusers import UNet2DConditionModel

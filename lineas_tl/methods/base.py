@@ -20,7 +20,7 @@ from torch import Tensor
 from lineas_tl.collect import pool_prepared, pooled_forward
 from lineas_tl.maps import AffineMap
 from lineas_tl.pooling import Pooling
-from lineas_tl.runner import Prepared, Runner
+from lineas_tl.runner import Prepared, Runner, model_device
 
 
 @dataclass
@@ -62,10 +62,7 @@ class FitContext:
 
     @property
     def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return model_device(self.model)
 
     def site_shapes(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """``site -> (feature_axis, feature_shape)``, read from one probe forward pass."""
