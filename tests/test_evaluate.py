@@ -17,8 +17,9 @@ from lineas_tl.methods.actadd import DEFAULT_COEFFICIENT
 
 
 def vowel_scorer(texts):
-    """A toy judge in [0, 1] that reacts to any change of the text."""
-    return [sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
+    """A toy judge in [0.25, 0.75] that reacts to most changes of the text (never 0, so the scores
+    relative to the unsteered model are defined whatever a random tiny model generates)."""
+    return [0.25 + 0.5 * sum(c in "aeiou" for c in t) / max(len(t), 1) for t in texts]
 
 
 # ------------------------------------------------------------------------------- concept score
