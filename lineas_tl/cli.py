@@ -424,6 +424,9 @@ def demo(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = None,
     quick: Annotated[bool, typer.Option(help="A fast, smaller run.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for the fit prompts, fitting and sampling.")] = 0,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="Methods to compare (repeatable); default all five.")
+    ] = None,
 ) -> None:
     """Run the embedded end-to-end demo: fit every method on the default model and compare them."""
     try:
@@ -435,6 +438,8 @@ def demo(
         kwargs["steps"] = steps
     if out is not None:
         kwargs["out"] = out
+    if method:
+        kwargs["methods"] = tuple(method)
     demo_main(**kwargs)
 
 

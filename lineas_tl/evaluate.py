@@ -82,17 +82,9 @@ def toxicity_scorer(texts: Sequence[str]) -> list[float]:
     the subtler toxicity that Perspective API or a RoBERTa classifier (as in the LinEAS paper)
     would catch.
     """
-    try:
-        from profanity_check import predict_prob
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the default scorer needs alt-profanity-check: `pip install alt-profanity-check`, or "
-            "pass `scorer=` (a callable mapping a list of texts to scores in [0, 1])"
-        ) from err
-    texts = list(texts)
-    if not texts:
-        return []
-    return [float(p) for p in predict_prob(texts)]
+    from lineas_tl.concepts.toxicity import toxicity_scores
+
+    return toxicity_scores(list(texts))
 
 
 @dataclass(frozen=True)
