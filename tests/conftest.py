@@ -169,3 +169,12 @@ def smollm2():
     from lineas_tl import models
 
     return models.load("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (OpenMP spin-waits badly on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

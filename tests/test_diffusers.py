@@ -29,13 +29,7 @@ SOURCE = [f"a {s} of a red {o}" for s in STYLES for o in OBJECTS]  # 48 prompts
 TARGET = [p.replace(" red ", " blue ") for p in SOURCE]  # the same prompts, one word changed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (OpenMP spin-waits badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

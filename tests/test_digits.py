@@ -32,12 +32,7 @@ from lineas_tl.diffusion.digits import (
 TEST_CONFIG = DigitsConfig(steps=500, batch_size=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

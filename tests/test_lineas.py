@@ -21,7 +21,7 @@ def plant_embedding_shift(model, marker: int, scale: float = 1.0, seed: int = 0)
     The source/target gap then lives upstream of every steered site.
     """
     g = torch.Generator().manual_seed(seed)
-    embed_std = float(model.embed.original_component.weight.std())
+    embed_std = float(model.embed.original_component.weight.detach().std())
     delta = torch.randn(model.cfg.d_model, generator=g) * embed_std * scale
     state: dict = {}
 
