@@ -117,6 +117,7 @@ def collect_activations(
     device: torch.device | str = "cpu",
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    pool_bos: bool = False,
 ) -> dict[str, Float[Tensor, "n ..."]]:
     """Pooled activations of ``model`` on ``prompts`` at each site.
 
@@ -127,7 +128,7 @@ def collect_activations(
             ``attention_mask``); for a diffusion pipeline, text prompts.
         sites: hook names, a regex or a predicate (see :func:`lineas_tl.sites.resolve_sites`).
         pooling: ``"mean"`` over real tokens, ``"last"`` real token, or ``"all"`` real tokens (one
-            row per token).
+            row per token). A leading BOS token is left out unless ``pool_bos=True``.
         batch_size: prompts per forward pass.
         maps: optional steering maps active while collecting (to read a steered model).
         device: where the results are kept (CPU by default).
@@ -144,10 +145,10 @@ def collect_activations(
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    runner = get_runner(model)
+    runner = get_runner(model, pool_bos=pool_bos)
     site_list = resolve_sites(model, sites)
     prepared = runner.prepare(prompts, attention_mask) if attention_mask is not None else runner.prepare(prompts)
-    cache_file = _cache_file(cache_dir, model, prompts, site_list, pooling, maps)
+    cache_file = _cache_file(cache_dir, model, prompts, site_list, pooling + ("+bos" if pool_bos else ""), maps)
     if cache_file is not None and cache_file.exists():
         return {k: v.to(device) for k, v in load_file(str(cache_file)).items()}
     out = pool_prepared(runner, prepared, site_list, pooling, maps, batch_size, progress, device)

@@ -172,7 +172,7 @@ def perplexity(
         for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             batch = prepared.batch(range(start, min(start + batch_size, len(prepared))), padding_side="right")
             logits = runner.forward(batch, hooks)
-            tokens, mask = batch.kwargs["input"], batch.mask
+            tokens, mask = batch.kwargs["input"], batch.kwargs["attention_mask"]
             assert mask is not None  # a language model's batch always has one
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)

@@ -115,6 +115,7 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
             "method": steerer.method_,
             "hparams": _json_safe(steerer.hparams_),
             "pooling": steerer.pooling,
+            "pool_bos": steerer.pool_bos,
             "sites": list(steerer.sites),
             "maps": maps_meta,
             "maps_sha256": _sha256(maps_file),
@@ -293,7 +294,9 @@ def load_steerer(
         m.requires_grad_(False)
         maps[site] = m
 
-    steerer = cls(model, sites=meta["sites"] or list(maps), pooling=meta["pooling"])
+    steerer = cls(
+        model, sites=meta["sites"] or list(maps), pooling=meta["pooling"], pool_bos=bool(meta.get("pool_bos", False))
+    )
     steerer.maps_ = maps
     steerer.method_ = meta.get("method")
     steerer.hparams_ = dict(meta.get("hparams") or {})

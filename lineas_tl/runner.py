@@ -75,20 +75,31 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def get_runner(model: Any) -> Runner:
-    """The runner for ``model``: its own ``lineas_runner()`` if it has one, else a language model's."""
+def get_runner(model: Any, *, pool_bos: bool = False) -> Runner:
+    """The runner for ``model``: its own ``lineas_runner()`` if it has one, else a language model's.
+
+    ``pool_bos`` (language models) keeps a leading BOS token in the pooling; see
+    :class:`LanguageModelRunner`.
+    """
     if hasattr(model, "lineas_runner"):
         return model.lineas_runner()
-    return LanguageModelRunner(model)
+    return LanguageModelRunner(model, pool_bos=pool_bos)
 
 
 class TokenSequences:
-    """Token id sequences of unequal lengths, padded per batch on demand."""
+    """Token id sequences of unequal lengths, padded per batch on demand.
 
-    def __init__(self, sequences: list[Int[Tensor, " pos"]], pad_id: int, device: torch.device):
+    ``Batch.mask`` (what pooling reads) is the attention mask, minus a leading ``skip_id`` token
+    (the BOS) in sequences that have other tokens; ``kwargs["attention_mask"]`` is the real mask.
+    """
+
+    def __init__(
+        self, sequences: list[Int[Tensor, " pos"]], pad_id: int, device: torch.device, skip_id: int | None = None
+    ):
         self.sequences = sequences
         self.pad_id = pad_id
         self.device = device
+        self.skip_id = skip_id
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -99,11 +110,20 @@ class TokenSequences:
             seqs, batch_first=True, padding_value=self.pad_id, padding_side=padding_side
         )
         ones = [torch.ones_like(s) for s in seqs]
-        mask = torch.nn.utils.rnn.pad_sequence(
-            ones, batch_first=True, padding_value=0, padding_side=padding_side
+        pooled = [o.clone() for o in ones]
+        for p, seq in zip(pooled, seqs):
+            if self.skip_id is not None and len(seq) > 1 and int(seq[0]) == self.skip_id:
+                p[0] = 0
+
+        def pad(rows: list[Tensor]) -> Tensor:
+            return torch.nn.utils.rnn.pad_sequence(
+                rows, batch_first=True, padding_value=0, padding_side=padding_side
+            ).to(self.device)
+
+        mask = pad(ones)
+        return Batch(
+            kwargs={"input": tokens.to(self.device), "attention_mask": mask}, mask=pad(pooled), size=len(seqs)
         )
-        tokens, mask = tokens.to(self.device), mask.to(self.device)
-        return Batch(kwargs={"input": tokens, "attention_mask": mask}, mask=mask, size=len(seqs))
 
 
 class LanguageModelRunner:
@@ -113,10 +133,16 @@ class LanguageModelRunner:
     the model's) or token ids: a list of lists, or a ``[batch, pos]`` tensor with an optional
     ``attention_mask``. Batches are right-padded for fitting and collection, which with causal
     attention leaves every real token's activation exactly as in a one-by-one run.
+
+    Pooling skips a leading BOS token (unless ``pool_bos=True``): under causal attention it is
+    the same for every prompt, so it carries nothing about the prompt, and in models with an
+    attention sink (SmolLM2) its activation is hundreds of times larger than the other tokens'
+    and, divided by varying prompt lengths, would swamp the pooled features.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, pool_bos: bool = False):
         self.model = model
+        self.pool_bos = pool_bos
         params = inspect.signature(model.forward).parameters
         self._takes_mask = "attention_mask" in params
         self._takes_stop = "stop_at_layer" in params
@@ -153,7 +179,9 @@ class LanguageModelRunner:
             raise ValueError("the prompt set is empty: pass at least one prompt")
         if any(len(s) == 0 for s in seqs):
             raise ValueError("a prompt has no tokens; remove empty prompts")
-        return TokenSequences(seqs, self._pad_id(), self.device)
+        bos = getattr(self.tokenizer, "bos_token_id", None) if self.tokenizer is not None else None
+        skip = None if self.pool_bos or not isinstance(bos, int) else bos
+        return TokenSequences(seqs, self._pad_id(), self.device, skip)
 
     def _tokenize(self, text: str) -> Int[Tensor, " pos"]:
         if self.tokenizer is None:
@@ -221,7 +249,7 @@ class LanguageModelRunner:
             prompts = prompts[None]
         prepared = self.prepare(prompts, attention_mask)
         batch = prepared.batch(range(len(prepared)), padding_side="left")
-        tokens, mask = batch.kwargs["input"], batch.mask
+        tokens, mask = batch.kwargs["input"], batch.kwargs["attention_mask"]
         tracker = GenerationPositions(prompt_len=tokens.shape[1])
         kwargs.setdefault("stop_at_eos", self.tokenizer is not None)
         handle = self.model.register_forward_pre_hook(tracker.on_forward)

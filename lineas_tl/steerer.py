@@ -36,18 +36,21 @@ class HookedSteerer:
             block's ``hook_attn_out`` and ``hook_mlp_out`` (for a UNet: every normalisation layer).
         pooling: how a site's activation becomes one vector per prompt when fitting: ``"mean"`` over
             real tokens (the paper's choice), ``"last"`` token, or ``"all"`` tokens.
+        pool_bos: keep a leading BOS token in the pooling (default: left out; it is identical for
+            every prompt and, in models with an attention sink, huge).
 
     Fitted attributes (after :meth:`fit`): ``maps_`` (site -> :class:`AffineMap`), ``method_``,
     ``hparams_``, ``history_``.
     """
 
-    def __init__(self, model: Any, sites: SiteSpec = None, *, pooling: Pooling = "mean"):
+    def __init__(self, model: Any, sites: SiteSpec = None, *, pooling: Pooling = "mean", pool_bos: bool = False):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         self.model = model
-        self.runner = get_runner(model)
+        self.runner = get_runner(model, pool_bos=pool_bos)
         self.sites = resolve_sites(model, sites)
         self.pooling = pooling
+        self.pool_bos = pool_bos
         self.maps_: dict[str, AffineMap] = {}
         self.method_: str | None = None
         self.hparams_: dict[str, Any] = {}

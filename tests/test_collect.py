@@ -84,3 +84,15 @@ def test_nan_in_activations_is_named(native_model):
             collect_activations(native_model, [[1, 2, 3]], "blocks.1.hook_attn_out", progress=False)
     finally:
         hp.remove_hooks()
+
+
+def test_leading_bos_is_left_out_of_pooling(gpt2_model):
+    site = "blocks.1.hook_mlp_out"
+    tokens = gpt2_model.to_tokens("you are a stupid idiot")
+    assert tokens[0, 0] == gpt2_model.tokenizer.bos_token_id
+    _, cache = gpt2_model.run_with_cache(tokens)
+    acts = cache[site][0]
+    pooled = collect_activations(gpt2_model, ["you are a stupid idiot"], site, progress=False)
+    torch.testing.assert_close(pooled["blocks.1.mlp.hook_out"][0], acts[1:].mean(0), atol=1e-5, rtol=1e-5)
+    with_bos = collect_activations(gpt2_model, ["you are a stupid idiot"], site, pool_bos=True, progress=False)
+    torch.testing.assert_close(with_bos["blocks.1.mlp.hook_out"][0], acts.mean(0), atol=1e-5, rtol=1e-5)

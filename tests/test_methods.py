@@ -72,7 +72,7 @@ def test_actadd_vector_is_the_activation_difference_of_its_pair(gpt2_model, text
     assert m.kind == "shift"
     # mean over the prompt's tokens after BOS (BOS is shared by both prompts)
     torch.testing.assert_close(m.bias, resid(target[0], 1) - resid(source[0], 1), atol=1e-5, rtol=1e-5)
-    with_bos = HookedSteerer(gpt2_model).fit(source, target, method="actadd", skip_bos=False, progress=False)
+    with_bos = HookedSteerer(gpt2_model, pool_bos=True).fit(source, target, method="actadd", progress=False)
     expected = resid(target[0], 0) - resid(source[0], 0)
     torch.testing.assert_close(with_bos.maps_[site].bias, expected, atol=1e-5, rtol=1e-5)
 

@@ -29,7 +29,8 @@ prompts are pooled with the steerer's pooling (mean over real tokens by default)
 mean difference vector is added at *every* position, prompt and generated alike: the same pooling
 and the same kind of map as every other method, which is what makes the comparison fair.
 
-The BOS position is left out of the pair's pooling (``skip_bos=True``). Both prompts share it, so in
+The BOS position is left out of the pair's pooling (as in every method: the runner's pooling skips a
+leading BOS unless the steerer is built with ``pool_bos=True``). Both prompts share it, so in
 the original its difference is exactly zero; but a mean over prompts of different lengths
 :math:`n^\pm` would keep :math:`a_l(\text{BOS})\,(1/n^+ - 1/n^-)`, and in models with an attention
 sink the BOS residual is huge (SmolLM2-135M, block 15: norm 25,070 against ~163 for other tokens),
@@ -98,7 +99,6 @@ def fit_actadd(
     prompt_minus: Any = None,
     layer: int | None = None,
     site: str | None = None,
-    skip_bos: bool = True,
 ) -> FitResult:
     r"""Fit the ActAdd vector :math:`b = a_l(p^+) - a_l(p^-)` as one ``kind="shift"`` map.
 
@@ -109,8 +109,6 @@ def fit_actadd(
             or neither.
         layer: the block whose ``hook_resid_pre`` is steered (default ``n_layers // 2``).
         site: any hook point instead (exclusive with ``layer``).
-        skip_bos: leave a leading BOS token out of the pooling (see the module docstring). Only
-            applies when the model has a tokenizer with a ``bos_token_id``.
 
     Returns:
         one map at the chosen site (steer with ``strength`` = the coefficient, e.g.
@@ -131,9 +129,6 @@ def fit_actadd(
         plus_batch, minus_batch = _single(ctx, prompt_plus), _single(ctx, prompt_minus)
         plus_desc, minus_desc = _describe(prompt_plus), _describe(prompt_minus)
 
-    if skip_bos:
-        bos = getattr(getattr(ctx.runner, "tokenizer", None), "bos_token_id", None)
-        plus_batch, minus_batch = _without_bos(plus_batch, bos), _without_bos(minus_batch, bos)
     with torch.no_grad():
         plus, shapes = pooled_forward(ctx.runner, plus_batch, [where], ctx.pooling)
         minus, _ = pooled_forward(ctx.runner, minus_batch, [where], ctx.pooling)
@@ -158,16 +153,6 @@ def _indexable(prompts: Any) -> bool:
         return len(prompts) > 0
     except TypeError:
         return False
-
-
-def _without_bos(batch: Batch, bos_id: int | None) -> Batch:
-    """The same batch with a leading BOS masked out of the pooling (not out of the forward pass)."""
-    tokens = batch.kwargs.get("input")
-    if not isinstance(bos_id, int) or batch.mask is None or not isinstance(tokens, torch.Tensor):
-        return batch
-    mask = batch.mask.clone()  # batch.kwargs keeps the real attention mask
-    mask[(tokens[:, 0] == bos_id) & (mask.sum(1) > 1), 0] = 0
-    return Batch(kwargs=batch.kwargs, mask=mask, size=batch.size, extra=batch.extra)
 
 
 def _single(ctx: FitContext, prompt: Any) -> Batch:
