@@ -5,8 +5,10 @@ Examples::
     lineas-tl fit --model smollm2-135m --source toxic.txt --target kind.txt --out steerers/detox
     lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength 1
     lineas-tl compare --model smollm2-135m --concept toxicity --out results/
+    lineas-tl calibrate --model smollm2-135m --steerer steerers/detox --max-ppl-increase 0.05
+    lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength calibrated
     lineas-tl info steerers/detox
-    lineas-tl export --model smollm2-135m --steerer steerers/detox --out smollm2-detox
+    lineas-tl export --model smollm2-135m --steerer steerers/detox --format gguf --out smollm2-detox.gguf
     lineas-tl demo --quick
 
 Prompt files hold one prompt per line (blank lines ignored) or, with a ``.json`` suffix, a JSON list
@@ -164,6 +166,15 @@ def _check_hparams(method: str, hparams: dict[str, Any]) -> None:
         )
 
 
+def _parse_strength(text: str) -> float | str:
+    if text.strip().lower() == "calibrated":
+        return "calibrated"
+    try:
+        return float(text)
+    except ValueError as err:
+        raise CLIError(f"--strength expects a number or 'calibrated', got {text!r}") from err
+
+
 def _parse_strengths(text: str) -> list[float]:
     try:
         values = [float(s) for s in text.split(",") if s.strip()]
@@ -196,7 +207,10 @@ def fit(
     model: ModelOpt = "smollm2-135m",
     method: Annotated[str, typer.Option(help="Fitting method: lineas, linear_act, mean_act, iti, actadd.")] = "lineas",
     steps: Annotated[
-        int | None, typer.Option(help="Optimisation steps (iterative methods; LinEAS default 100).")
+        int | None, typer.Option(help="Most optimisation steps (LinEAS: 300, stops earlier once converged).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="LinEAS recipe: fast (default) or paper (1000 steps, lr 1e-3, cosine).")
     ] = None,
     sites: Annotated[
         list[str] | None,
@@ -217,6 +231,7 @@ def fit(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Fit a steerer from source and target prompt files and save it to a directory."""
+    from lineas_tl.methods.convergence import describe_fit
     from lineas_tl.steerer import HookedSteerer
 
     src, tgt = read_prompts(source), read_prompts(target)
@@ -225,6 +240,8 @@ def fit(
         hparams["steps"] = steps
     if seed is not None:
         hparams["seed"] = seed
+    if preset is not None:
+        hparams["preset"] = preset
     _check_hparams(method, hparams)
     lm = load_model(model, device)
     steerer = HookedSteerer(lm, sites or None, pooling=pooling)  # type: ignore[arg-type]
@@ -232,8 +249,8 @@ def fit(
     steerer.save(out)
     support = steerer.support()
     mean_support = sum(support.values()) / max(len(support), 1)
-    loss = steerer.history_.get("loss")
-    tail = f", final loss {loss[-1]:.4g}" if isinstance(loss, list) and loss else ""
+    report = describe_fit(steerer.history_)
+    tail = f"; {report}" if report else ""
     typer.echo(f"saved {method} steerer ({len(steerer.maps_)} sites, support {mean_support:.0%}{tail}) to {out}")
 
 
@@ -244,7 +261,10 @@ def generate(
     model: ModelOpt = "smollm2-135m",
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="File of prompts (one per line, or .json).")] = None,
-    strength: Annotated[float, typer.Option(help="Steering strength: 0 = off, 1 = full map, >1 extrapolates.")] = 1.0,
+    strength: Annotated[
+        str,
+        typer.Option(help="Steering strength: 0 = off, 1 = full map, >1 extrapolates, or 'calibrated'."),
+    ] = "1.0",
     inverse: Annotated[
         bool, typer.Option(help="Apply the inverse map (induce the concept instead of removing it).")
     ] = False,
@@ -262,6 +282,7 @@ def generate(
     import torch
     from tqdm.auto import tqdm
 
+    from lineas_tl.calibrate import resolve_strength
     from lineas_tl.io import read_metadata
     from lineas_tl.steerer import HookedSteerer
 
@@ -270,9 +291,11 @@ def generate(
         raise CLIError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
     if max_new_tokens < 1 or batch_size < 1:
         raise CLIError("--max-new-tokens and --batch-size must be at least 1")
+    asked = _parse_strength(strength)
     read_metadata(steerer)  # fail fast, before loading the model
     lm = load_model(model, device)
     st = HookedSteerer.load(steerer, lm)
+    value = float(resolve_strength(st, asked, inverse))
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample, "return_type": "continuation"}
 
     def no_hooks(_tracker: Any) -> list[Any]:
@@ -283,9 +306,9 @@ def generate(
         if not steered:
             return st.runner.generate(batch, no_hooks, **kw)
         if fold:
-            with st.fold(strength, inverse=inverse):  # the plain model, its weights rewritten
+            with st.fold(value, inverse=inverse):  # the plain model, its weights rewritten
                 return st.runner.generate(batch, no_hooks, **kw)
-        return st.generate(batch, strength=strength, inverse=inverse, **kw)
+        return st.generate(batch, strength=value, inverse=inverse, **kw)
 
     records: list[dict[str, Any]] = []
     starts = range(0, len(texts), batch_size)
@@ -294,7 +317,7 @@ def generate(
         steered = run(batch, True)
         base = run(batch, False) if unsteered else [None] * len(batch)
         for p, s, b in zip(batch, steered, base, strict=True):
-            rec: dict[str, Any] = {"prompt": p, "strength": strength, "inverse": inverse, "steered": s}
+            rec: dict[str, Any] = {"prompt": p, "strength": value, "inverse": inverse, "steered": s}
             if unsteered:
                 rec["unsteered"] = b
             records.append(rec)
@@ -303,7 +326,7 @@ def generate(
         return
     for rec in records:
         typer.echo(f"> {rec['prompt']}")
-        typer.echo(f"  steered ({strength:g}{', inverse' if inverse else ''}): {rec['prompt']}{rec['steered']}")
+        typer.echo(f"  steered ({value:g}{', inverse' if inverse else ''}): {rec['prompt']}{rec['steered']}")
         if unsteered:
             typer.echo(f"  unsteered: {rec['prompt']}{rec['unsteered']}")
 
@@ -322,13 +345,22 @@ def compare(
     method: Annotated[
         list[str] | None,
         typer.Option(
-            "--method", help="Method to compare (repeatable). Default: lineas, linear_act, mean_act, iti, actadd."
+            "--method", help="Method to compare (repeatable). Default: lineas, linear_act, mean_act, caa, iti, actadd."
         ),
     ] = None,
-    strengths: Annotated[str, typer.Option(help="Comma-separated strengths to sweep.")] = "0,0.25,0.5,0.75,1",
+    strengths: Annotated[
+        str, typer.Option(help="Comma-separated strengths to sweep (default 0, 0.1, ..., 1).")
+    ] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+    extra_strengths: Annotated[
+        str, typer.Option(help="Strengths past 1 for lineas, linear_act and mean_act ('' for none).")
+    ] = "1.5,2",
     steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
     n_fit: Annotated[int, typer.Option(help="Fit prompts per side drawn from the concept.")] = 32,
-    max_new_tokens: Annotated[int, typer.Option(help="Length of each continuation.")] = 20,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of each continuation.")] = 32,
+    samples: Annotated[int, typer.Option(help="Sampled continuations per prompt.")] = 3,
+    greedy: Annotated[
+        bool, typer.Option(help="Greedy decoding (default: T=1, top_p 0.3, repetition penalty 1.2).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed for fitting and sampling.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write comparison.csv and tradeoff.png here.")] = None,
     device: DeviceOpt = None,
@@ -340,7 +372,14 @@ def compare(
     src = read_prompts(source) if source is not None else None
     tgt = read_prompts(target) if target is not None else None
     evals = read_prompts(eval_prompts) if eval_prompts is not None else None
-    scorer = None
+    scorer, held_out_target = None, None
+    if samples < 1 or max_new_tokens < 1:
+        raise CLIError("--samples and --max-new-tokens must be at least 1")
+    generation = (
+        evaluate.GenerationConfig.greedy(max_new_tokens)
+        if greedy
+        else evaluate.PAPER.with_(max_new_tokens=max_new_tokens, n_samples=samples)
+    )
     if concept is not None:
         from lineas_tl.concepts import get_concept
 
@@ -348,7 +387,8 @@ def compare(
         split = c.split(n_fit=n_fit, seed=seed)
         src, tgt = src or split.source, tgt or split.target
         evals = evals if evals is not None else c.eval_prompts
-        scorer = c.scorer
+        held_out_target = [p for p in c.target_prompts if p not in set(tgt)] or None
+        scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])
     if src is None or tgt is None:
         raise CLIError("pass --concept NAME, or both --source and --target prompt files")
     methods = list(method) if method else list(evaluate.DEFAULT_METHODS)
@@ -363,38 +403,91 @@ def compare(
         eval_prompts=evals,
         scorer=scorer,
         method_kwargs=method_kwargs,
-        max_new_tokens=max_new_tokens,
+        extra_strengths=_parse_strengths(extra_strengths) if extra_strengths.strip() else (),
+        generation=generation,
+        target_eval_prompts=held_out_target,
         seed=seed,
         out_dir=out,
         progress=progress,
     )
-    cols = [c for c in ("method", "strength", "score_in", "score_out", "gap", "perplexity") if c in table.columns]
-    typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    cols = ["method", "strength", "score_in", "score_out", "score_out_lo", "score_out_hi", "gap", "perplexity"]
+    typer.echo(table[[c for c in cols if c in table.columns]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    typer.echo("\nfrontier (best score within each perplexity budget):")
+    typer.echo(evaluate.format_frontier(table.attrs["frontier"]).to_string(index=False))
     if out is not None:
-        typer.echo(f"wrote {out / 'comparison.csv'}")
+        typer.echo(f"wrote {out / 'comparison.csv'}, {out / 'frontier.csv'} and {out / 'tradeoff.png'}")
 
 
 @app.command()
 @_friendly
 def export(
     steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the steered Hugging Face model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New file (gguf, control-vector) or directory (hf).")],
     model: ModelOpt = "smollm2-135m",
-    strength: Annotated[float, typer.Option(help="Steering strength to fold in.")] = 1.0,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="gguf (weights folded, llama.cpp/Ollama), control-vector, or hf.")
+    ] = "hf",
+    strength: Annotated[str, typer.Option(help="Steering strength to fold in: a number or 'calibrated'.")] = "1.0",
     inverse: Annotated[bool, typer.Option(help="Fold the inverse map (induce the concept).")] = False,
+    source_gguf: Annotated[
+        Path | None, typer.Option(help="gguf: the GGUF the model was loaded from (default: the one --model names).")
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Fold a saved steerer into the model's weights and write a plain Hugging Face model directory."""
-    from lineas_tl.fold import save_folded
+    """Write a saved steerer for serving: a GGUF with the steering folded in, a control vector, or an HF model."""
+    from lineas_tl.export import FORMATS, export as export_steerer
     from lineas_tl.io import read_metadata
     from lineas_tl.steerer import HookedSteerer
 
+    if format not in FORMATS:
+        raise CLIError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    value = _parse_strength(strength)
+    if source_gguf is not None and not source_gguf.is_file():
+        raise CLIError(f"--source-gguf {str(source_gguf)!r} does not exist")
     read_metadata(steerer)
     lm = load_model(model, device)
     st = HookedSteerer.load(steerer, lm)
     with _quiet_stdout():
-        path = save_folded(st, out, strength, inverse=inverse)
-    typer.echo(f"wrote the steered model (strength {strength:g}{', inverse' if inverse else ''}) to {path}")
+        path = export_steerer(st, out, format, value, inverse=inverse, source=source_gguf)
+    shown = value if isinstance(value, str) else f"{value:g}"
+    typer.echo(f"wrote the steered model (strength {shown}{', inverse' if inverse else ''}) as {format} to {path}")
+
+
+@app.command()
+@_friendly
+def calibrate(
+    steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer (updated in place).")],
+    model: ModelOpt = "smollm2-135m",
+    texts: Annotated[
+        Path | None,
+        typer.Option(help="Calibration texts (one per line, or .json). Default: 32 held-out Wikipedia paragraphs."),
+    ] = None,
+    max_ppl_increase: Annotated[float, typer.Option(help="Perplexity budget: 0.05 = at most +5%.")] = 0.05,
+    max_strength: Annotated[float, typer.Option(help="Largest strength considered (2 allows extrapolation).")] = 1.0,
+    inverse: Annotated[bool, typer.Option(help="Calibrate the inverse map (inducing the concept).")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Find the largest strength within a perplexity budget; save it with the steerer (--strength calibrated)."""
+    from lineas_tl.io import read_metadata
+    from lineas_tl.steerer import HookedSteerer
+
+    read_metadata(steerer)
+    if texts is not None:
+        calibration_texts = read_prompts(texts)
+    else:
+        from lineas_tl.concepts import reference_text
+
+        calibration_texts = reference_text(n=32, seed=0, max_words=64)
+    lm = load_model(model, device)
+    st = HookedSteerer.load(steerer, lm)
+    st.calibrate(calibration_texts, max_ppl_increase, max_strength=max_strength, inverse=inverse)
+    st.save(steerer)
+    rec = st.calibration_
+    assert rec is not None
+    typer.echo(
+        f"calibrated strength {rec.strength:.4g}: perplexity {rec.perplexity:.4g} vs {rec.base_perplexity:.4g} "
+        f"unsteered (budget +{100 * max_ppl_increase:g}%, {rec.n_texts} texts); saved to {steerer}"
+    )
 
 
 @app.command()
@@ -410,6 +503,12 @@ def info(steerer: Annotated[Path, typer.Argument(help="Directory of a saved stee
     typer.echo(f"saved by:    lineas-tl {meta.get('lineas_tl_version')} on {meta.get('created')}")
     typer.echo(f"pooling:     {meta.get('pooling')}")
     typer.echo(f"hparams:     {json.dumps(meta.get('hparams', {}))}")
+    cal = meta.get("calibration")
+    if cal:
+        typer.echo(
+            f"calibrated:  strength {cal['strength']:.4g} within +{100 * cal['max_ppl_increase']:g}% perplexity "
+            f"({cal['perplexity']:.4g} vs {cal['base_perplexity']:.4g})"
+        )
     typer.echo(f"maps:        {len(maps)} sites")
     for site, m in maps.items():
         typer.echo(f"  {site}  {m.get('kind')} {tuple(m.get('feature_shape', ()))}")
@@ -422,10 +521,17 @@ def demo(
     concept: Annotated[str, typer.Option(help="Concept to steer (toxicity, sentiment, style).")] = "toxicity",
     steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the demo's outputs.")] = None,
-    quick: Annotated[bool, typer.Option(help="A fast, smaller run.")] = False,
+    quick: Annotated[bool, typer.Option(help="A fast, smaller run (about a minute; checks, not rankings).")] = False,
+    full: Annotated[
+        bool, typer.Option(help="A larger run: 32 held-out prompts x 3 samples, in-sample columns (about 4x slower).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed for the fit prompts, fitting and sampling.")] = 0,
     method: Annotated[
-        list[str] | None, typer.Option("--method", help="Methods to compare (repeatable); default all five.")
+        list[str] | None, typer.Option("--method", help="Methods to compare (repeatable); default all six.")
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(help="Minutes: cut the strength sweep short (coarse strengths first) to end in time."),
     ] = None,
 ) -> None:
     """Run the embedded end-to-end demo: fit every method on the default model and compare them."""
@@ -433,13 +539,19 @@ def demo(
         from lineas_tl.demo import main as demo_main
     except ImportError as err:
         raise CLIError(f"the demo is not available in this installation ({err})") from err
-    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick, "seed": seed}
+    if quick and full:
+        raise CLIError("--quick and --full exclude each other")
+    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick, "full": full, "seed": seed}
     if steps is not None:
         kwargs["steps"] = steps
     if out is not None:
         kwargs["out"] = out
     if method:
         kwargs["methods"] = tuple(method)
+    if time_limit is not None:
+        if time_limit <= 0:
+            raise CLIError("--time-limit must be a positive number of minutes")
+        kwargs["time_limit"] = 60 * time_limit
     demo_main(**kwargs)
 
 

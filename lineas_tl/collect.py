@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lineas_tl.chat import ChatPool, as_conversations, is_conversation
 from lineas_tl.fingerprint import model_fingerprint
 from lineas_tl.hooks import PoolingRecorder, SteeringHook
 from lineas_tl.maps import AffineMap
@@ -118,14 +119,17 @@ def collect_activations(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     pool_bos: bool = False,
+    chat: bool = False,
+    chat_pool: ChatPool = "user",
 ) -> dict[str, Float[Tensor, "n ..."]]:
     """Pooled activations of ``model`` on ``prompts`` at each site.
 
     Args:
         model: a model exposing TransformerLens hook points (``TransformerBridge``,
             ``HookedRootModule``, :class:`lineas_tl.diffusers.HookedPipeline`).
-        prompts: strings, or token ids (list of lists, or a ``[batch, pos]`` tensor with
-            ``attention_mask``); for a diffusion pipeline, text prompts.
+        prompts: strings, conversations (lists of ``{"role", "content"}`` messages, rendered with
+            the tokenizer's chat template), or token ids (list of lists, or a ``[batch, pos]``
+            tensor with ``attention_mask``); for a diffusion pipeline, text prompts.
         sites: hook names, a regex or a predicate (see :func:`lineas_tl.sites.resolve_sites`).
         pooling: ``"mean"`` over real tokens, ``"last"`` real token, or ``"all"`` real tokens (one
             row per token). A leading BOS token is left out unless ``pool_bos=True``.
@@ -134,6 +138,9 @@ def collect_activations(
         device: where the results are kept (CPU by default).
         cache_dir: if given, results are stored there under a key of the model's fingerprint, the
             prompts, sites and pooling, and reused on the next identical call.
+        chat: render string prompts as one-message user conversations with the chat template.
+        chat_pool: which tokens of a conversation are pooled: ``"user"`` content (default),
+            ``"content"`` of every message, or ``"all"`` (see :mod:`lineas_tl.chat`).
 
     Returns:
         ``site -> [n_prompts, *feature_shape]`` (``[n_tokens, *feature_shape]`` for ``"all"``).
@@ -145,10 +152,12 @@ def collect_activations(
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    runner = get_runner(model, pool_bos=pool_bos)
+    runner = get_runner(model, pool_bos=pool_bos, chat_pool=chat_pool)
     site_list = resolve_sites(model, sites)
+    prompts = as_conversations(prompts, chat)
     prepared = runner.prepare(prompts, attention_mask) if attention_mask is not None else runner.prepare(prompts)
-    cache_file = _cache_file(cache_dir, model, prompts, site_list, pooling + ("+bos" if pool_bos else ""), maps)
+    how = pooling + ("+bos" if pool_bos else "") + (f"+chat-{chat_pool}" if _has_chat(prompts) else "")
+    cache_file = _cache_file(cache_dir, model, prompts, site_list, how, maps)
     if cache_file is not None and cache_file.exists():
         return {k: v.to(device) for k, v in load_file(str(cache_file)).items()}
     out = pool_prepared(runner, prepared, site_list, pooling, maps, batch_size, progress, device)
@@ -167,13 +176,20 @@ def _cache_file(
     key = json.dumps(
         {
             "model": model_fingerprint(model),
-            "prompts": [p if isinstance(p, str) else torch.as_tensor(p).tolist() for p in prompts],
+            "prompts": [
+                p if isinstance(p, str) else [dict(m) for m in p] if is_conversation(p) else torch.as_tensor(p).tolist()
+                for p in prompts
+            ],
             "sites": sites,
             "pooling": pooling,
         },
         sort_keys=True,
     )
     return Path(cache_dir) / f"acts-{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
+
+def _has_chat(prompts: Any) -> bool:
+    return isinstance(prompts, (list, tuple)) and any(is_conversation(p) for p in prompts)
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path) -> None:

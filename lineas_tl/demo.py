@@ -1,10 +1,17 @@
 """The main job: LinEAS against the baselines on a real model, offline, in one command.
 
 ``lineas-tl demo`` loads the embedded default model (SmolLM2-135M, shipped inside a PyPI package),
-fits every method on 32 source and 32 target prompts of a concept, sweeps the strength, and prints
-the concept score (out of sample: held-out prompts) and the perplexity on held-out Wikipedia text
-per method and strength. It writes ``comparison.csv``, ``tradeoff.png`` and ``RESULTS.md`` to
-``--out``.
+fits every method on 32 source and 32 target prompts of a concept, sweeps the strength (11 values in
+[0, 1], and 1.5 and 2 for the distribution-matching methods), and measures, per method and
+strength, the concept score of sampled continuations of held-out prompts (the paper's protocol:
+T = 1, top_p 0.3, repetition penalty 1.2, 32 tokens) with 95% bootstrap intervals, and the
+perplexity on held-out Wikipedia text. It prints the frontier summary (each method's best score
+within +5%, +10% and +25% perplexity) and writes ``comparison.csv``, ``frontier.csv``,
+``tradeoff.png`` and ``RESULTS.md`` to ``--out``.
+
+Three sizes (:class:`DemoConfig`): ``quick`` (CI: checks that everything runs), the default (the
+README's main job and the runs in ``results/``: 12 held-out prompts, 2 samples each) and ``full``
+(32 held-out prompts, 3 samples each, plus the in-sample columns and ceiling: for a quiet machine).
 """
 
 from __future__ import annotations
@@ -12,27 +19,63 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-METHODS = ("lineas", "linear_act", "mean_act", "iti", "actadd")
+from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
+
+METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
+STRENGTHS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of a demo run; ``quick`` is what CI runs."""
+    """Sizes of a demo run.
 
-    steps: int = 100
+    Attributes:
+        steps: LinEAS steps (None: the library's default fit).
+        n_fit: fit prompts per side.
+        n_eval: held-out (source-like) prompts continued for the concept score.
+        n_target_eval: held-out target prompts for the ceiling.
+        n_in_sample: fit prompts continued for the in-sample columns (0: skipped).
+        n_reference: Wikipedia paragraphs (first ``reference_words`` words) for perplexity.
+        generation: the sampling protocol and samples per prompt.
+        strengths, extra_strengths: the sweep; extras for the distribution-matching methods only.
+        max_scored_ppl_increase: rows beyond this perplexity increase are not generated or scored
+            (+50%: the plot's range; the frontier's largest budget is +25%).
+        batch_size: rows per generation batch (24: the default's 12 prompts x 2 samples in one batch).
+    """
+
+    steps: int | None = None
     n_fit: int = 32
-    n_eval: int = 48
-    n_reference: int = 32
-    max_new_tokens: int = 20
-    strengths: tuple[float, ...] = (0.0, 0.5, 1.0)
+    n_eval: int = 12
+    n_target_eval: int = 12
+    n_in_sample: int = 0
+    n_reference: int = 12
+    reference_words: int = 64
+    generation: GenerationConfig = field(default_factory=lambda: PAPER.with_(n_samples=2))
+    strengths: tuple[float, ...] = STRENGTHS
+    extra_strengths: tuple[float, ...] = (1.5, 2.0)
+    max_scored_ppl_increase: float | None = 0.5
+    batch_size: int = 24
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(steps=10, n_fit=16, n_eval=8, n_reference=8, max_new_tokens=8, strengths=(0.0, 1.0))
+        """CI size: checks that everything runs; far too small to rank the methods."""
+        return cls(
+            steps=10, n_fit=16, n_eval=6, n_target_eval=4, n_in_sample=4, n_reference=6, reference_words=40,
+            generation=PAPER.with_(max_new_tokens=12, n_samples=1), strengths=(0.0, 0.5, 1.0), extra_strengths=(),
+        )  # fmt: skip
+
+    @classmethod
+    def full(cls) -> DemoConfig:
+        """A larger run for a quiet machine (about 4x the default's cost): 32 held-out prompts with
+        3 samples each, the in-sample columns and ceiling on 16 fit prompts, 32 reference paragraphs."""
+        return cls(
+            n_eval=32, n_target_eval=32, n_in_sample=16, n_reference=32, generation=PAPER.with_(n_samples=3),
+            batch_size=48,
+        )  # fmt: skip
 
 
 def main(
@@ -43,59 +86,124 @@ def main(
     quick: bool = False,
     methods: tuple[str, ...] = METHODS,
     seed: int = 0,
+    *,
+    full: bool = False,
+    config: DemoConfig | None = None,
+    time_limit: float | None = None,
 ) -> Any:
-    """Run the comparison and write its table, plot and a results file; returns the table."""
+    """Run the comparison, print the frontier summary, write the table, plot and RESULTS.md.
+
+    ``config`` overrides the size chosen by ``quick`` / ``full``; ``steps`` overrides its LinEAS
+    steps. ``time_limit`` (seconds) cuts the strength sweep short, coarse strengths first (see
+    ``max_seconds`` of :func:`lineas_tl.evaluate.compare`). Returns the table of
+    :func:`lineas_tl.evaluate.compare`.
+    """
     from lineas_tl import models
     from lineas_tl.concepts import get_concept, reference_text
-    from lineas_tl.evaluate import compare
+    from lineas_tl.evaluate import compare, format_frontier
 
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    steps = steps if steps is not None else cfg.steps
+    if quick and full:
+        raise ValueError("choose one of quick and full")
+    cfg = config or (DemoConfig.quick() if quick else DemoConfig.full() if full else DemoConfig())
+    if steps is not None:
+        cfg = replace(cfg, steps=steps)
     out = Path(out)
     started = time.perf_counter()
     c = get_concept(concept)
     source, target = c.split(n_fit=cfg.n_fit, seed=seed)
+    held_out_target = [p for p in c.target_prompts if p not in set(target)][: cfg.n_target_eval]
     lm = models.load(model)
     # A score the methods should lower: invert a concept we want to induce (style).
     scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - s for s in c.scorer(texts)])
+    lineas_kw = {"steps": cfg.steps} if cfg.steps is not None else {}
     table = compare(
         lm,
         source,
         target,
         methods=methods,
         strengths=cfg.strengths,
+        extra_strengths=cfg.extra_strengths,
         eval_prompts=c.eval_prompts[: cfg.n_eval],
+        target_eval_prompts=held_out_target or None,
         scorer=scorer,
-        reference_texts=reference_text(n=cfg.n_reference, seed=seed, max_words=64),
-        method_kwargs={"lineas": {"steps": steps}},
-        max_new_tokens=cfg.max_new_tokens,
+        reference_texts=reference_text(n=cfg.n_reference, seed=seed, max_words=cfg.reference_words),
+        method_kwargs={"lineas": lineas_kw} if "lineas" in methods else None,
+        generation=cfg.generation,
+        n_in_sample=cfg.n_in_sample,
+        max_scored_ppl_increase=cfg.max_scored_ppl_increase,
+        batch_size=cfg.batch_size,
         out_dir=out,
         seed=seed,
+        max_seconds=time_limit,
     )
     seconds = time.perf_counter() - started
-    shown = table[["method", "strength", "score_out", "pct_out", "score_in", "perplexity", "fit_seconds"]]
-    print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    frontier = format_frontier(table.attrs["frontier"])
+    ceiling = table.attrs["ceiling"]
+    print(_sweep_view(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"\n{c.name}: {c.description}")
-    print(f"wrote {out / 'comparison.csv'}, {out / 'tradeoff.png'} and {out / 'RESULTS.md'} ({seconds:.0f} s)")
-    _write_results(out / "RESULTS.md", shown, c, model, steps, seconds)
+    print(f"score: {_score_name(c)}; lower is better. Ceiling (unsteered model on held-out target prompts): "
+          f"{ceiling['score_out']:.3f} [{ceiling['score_out_lo']:.3f}, {ceiling['score_out_hi']:.3f}]")  # fmt: skip
+    print("\nFrontier: best held-out score within each perplexity budget (score [95% CI] @ strength)")
+    print(frontier.to_string(index=False))
+    if not table.attrs["protocol"]["complete"]:
+        print(f"(the sweep was cut short by --time-limit: {table.attrs['protocol']['rows_done']} of "
+              f"{table.attrs['protocol']['rows_planned']} rows)")  # fmt: skip
+    _write_results(out / "RESULTS.md", table, frontier, c, model, seconds)
+    print(f"\nwrote {out}/comparison.csv, frontier.csv, tradeoff.png and RESULTS.md ({seconds:.0f} s)")
     return table
 
 
-def _write_results(path: Path, table: Any, concept: Any, model: str, steps: int, seconds: float) -> None:
-    command = "lineas-tl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "lineas-tl demo"
+def _score_name(concept: Any) -> str:
+    return concept.score_name if concept.goal == "decrease" else f"1 - {concept.score_name}"
+
+
+def _sweep_view(table: Any) -> Any:
+    cols = ["method", "strength", "score_out", "score_out_lo", "score_out_hi", "pct_out", "score_in", "perplexity",
+            "ppl_increase"]  # fmt: skip
+    return table[[c for c in cols if c in table]]
+
+
+def _command() -> str:
+    if sys.argv and Path(sys.argv[0]).name in ("lineas-tl", "cli.py", "__main__.py"):
+        return "lineas-tl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "python -m lineas_tl.demo"
+
+
+def _write_results(path: Path, table: Any, frontier: Any, concept: Any, model: str, seconds: float) -> None:
+    p = table.attrs["protocol"]
+    fits = table.groupby("method", sort=False)["fit_seconds"].first().dropna()
+    limit = p["max_scored_ppl_increase"]
+    cap = f" Rows beyond +{100 * limit:g}% perplexity are not generated or scored." if limit is not None else ""
+    if not p["complete"]:
+        cap += (f" **The sweep was cut short by its time limit: {p['rows_done']} of {p['rows_planned']} rows** "
+                "(strengths are visited coarse to fine, in rounds over the methods).")  # fmt: skip
     lines = [
         f"# {concept.name}: LinEAS against the baselines on {model}",
         "",
-        f"Command: `{command}` ({seconds:.0f} s on this machine; LinEAS {steps} steps).",
+        f"Command: `{_command()}` ({seconds:.0f} s on this machine).",
         "",
-        f"Score: {concept.score_name} of continuations, goal: {concept.goal} "
-        "(the table shows the score the methods should lower; `score_out`/`pct_out` on held-out "
-        "prompts, `score_in` on the fit prompts). Perplexity on held-out Wikipedia paragraphs.",
+        f"Score: {_score_name(concept)} of continuations; lower is better. Continuations: {p['generation']}; "
+        f"{p['n_eval']} held-out prompts (`score_out`), {p['n_in_sample']} fit prompts (`score_in`). "
+        f"95% bootstrap intervals over prompts (`_lo`, `_hi`). Perplexity on {p['n_reference']} held-out "
+        f"Wikipedia paragraphs.{cap}",
         "",
-        table.to_markdown(index=False, floatfmt=".3f"),
+        "The ceiling row is the unsteered model on target prompts (`score_in`: the fit targets; "
+        f"`score_out`: {p['n_target_eval']} held-out targets): what a perfect source-to-target match would score.",
+        "",
+        "## Frontier: best held-out score within each perplexity budget",
+        "",
+        frontier.to_markdown(index=False),
+        "",
+        "## Every row",
+        "",
+        _sweep_view(table).to_markdown(index=False, floatfmt=".3f"),
+        "",
+        "Fit time (s): " + ", ".join(f"{m} {s:.0f}" for m, s in fits.items()),
         "",
     ]
-    path.write_text("\n".join(lines))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ Both ``torch.nn.Linear`` (weight ``[out, in]``) and Hugging Face's ``Conv1D`` (G
 bias ``Parameter`` only when the folded bias is non-zero; :meth:`FoldHandle.undo` removes it again.
 Sites anywhere else (after a nonlinearity or a norm, the residual stream, ...) cannot be folded
 exactly: :func:`fold` refuses them with the list. Token-position-restricted steering
-(``positions="prompt"``) cannot be folded either: weights act on every position.
+(``positions="prompt"``) cannot be folded either: weights act on every position; nor can maps that
+carry their own restriction (a support range, front positions only; see :func:`map_refusal`).
+Where each site folds is decided in :mod:`lineas_tl.fold_sites`; writing a folded model to disk
+(Hugging Face, GGUF, llama.cpp control vector) is :mod:`lineas_tl.export`.
 
 By default the fold is checked: one short probe sequence is run through the hooked model and
 through the folded one, and any disagreement undoes the fold and raises.
@@ -41,53 +44,69 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from lineas_tl.fold_sites import FoldTarget, fold_plan, fold_target, is_conv1d, unfoldable_sites
 from lineas_tl.maps import AffineMap
-from lineas_tl.sites import hook_points
-
-if TYPE_CHECKING:
-    from lineas_tl.steerer import HookedSteerer
 
 __all__ = [
     "FoldError",
     "FoldHandle",
+    "FoldTarget",
+    "Steerable",
+    "effective_affine",
     "fold",
     "fold_maps",
     "fold_plan",
     "folded",
-    "save_folded",
+    "map_refusal",
+    "probe_batch",
+    "site_strengths",
     "unfoldable_sites",
 ]
 
 _STACK_ATTR = "_lineas_tl_folds"
-# Containers whose ``hook_out`` is exactly the output of one of their linear submodules.
-_OUTPUT_LINEAR = ("o", "out")
 
 
 class FoldError(ValueError):
     """The requested maps cannot be written into the model's weights exactly."""
 
 
-@dataclass(frozen=True)
-class _Target:
-    """Where a site's map folds: a linear layer, on its input or its output."""
+class Steerable(Protocol):
+    """What folding needs from a steerer (a :class:`~lineas_tl.steerer.HookedSteerer` is one)."""
 
-    site: str
-    linear: nn.Module
-    side: str  # "in" | "out"
-    stage: int  # order on the same layer: input, own output, container output, residual stream
-    shift_only: bool = False  # a residual-stream site: only omega = 1 maps fold (see _target)
+    model: Any
+    runner: Any
+    maps_: Mapping[str, AffineMap]
+
+    def hooks(self, strength: Any = 1.0, *, inverse: bool = False) -> list[tuple[str, Any]]: ...
+
+
+def site_strengths(steerer: Steerable, strength: Any, *, inverse: bool = False) -> dict[str, float]:
+    """``{site: float}`` for every map, resolved the way ``steerer.steer(strength)`` resolves it."""
+    return {site: float(hook.strength) for site, hook in steerer.hooks(strength, inverse=inverse)}
+
+
+def map_refusal(m: AffineMap) -> str | None:
+    """Why ``m`` cannot be written into weights (it does not act on every token alike), or None.
+
+    A map restricted to a per-coordinate support range (``lo``/``hi``, Linear-AcT's ``q_0_100``) or
+    to some token positions (ActAdd's ``kind="front"``) is not affine on every token; weights are.
+    """
+    blocker = getattr(m, "fold_blocker", None)
+    why = blocker() if callable(blocker) else None
+    if why:
+        return str(why)
+    if getattr(m, "lo", None) is not None or getattr(m, "hi", None) is not None:
+        return "it applies only inside the source range seen at fit time (a support range)"
+    if getattr(m, "kind", None) == "front" or getattr(m, "n_front", None) is not None:
+        return "it steers the prompt's first positions only"
+    return None
 
 
 @dataclass
@@ -127,102 +146,6 @@ class FoldHandle:
         self.undo()
 
 
-# --------------------------------------------------------------------------- planning
-def _parent_of(model: nn.Module, site: str) -> tuple[nn.Module, str] | None:
-    """The module holding the HookPoint of ``site`` and the HookPoint's attribute name."""
-    hp = hook_points(model).get(site)
-    if hp is None:
-        return None
-    name = hp.name or site
-    parent_path, _, attr = name.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_path) if parent_path else model
-        if getattr(parent, attr, None) is hp:
-            return parent, attr
-    except AttributeError:
-        pass
-    for _, module in model.named_modules(remove_duplicate=False):
-        for child_name, child in module.named_children():
-            if child is hp:
-                return module, child_name
-    return None
-
-
-def _core(module: nn.Module) -> nn.Module:
-    """The wrapped torch module of a TransformerLens bridge component (or the module itself)."""
-    inner = getattr(module, "original_component", None)
-    return inner if isinstance(inner, nn.Module) else module
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2 family): a linear layer storing its weight as ``[in, out]``."""
-    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "weight", None), Tensor)
-
-
-def _target(model: nn.Module, site: str) -> _Target | str:
-    """Where ``site`` folds, or the reason it does not."""
-    found = _parent_of(model, site)
-    if found is None:
-        return "not a hook point of this model"
-    parent, attr = found
-    core = _core(parent)
-    if attr == "hook_in" and _is_linear(core):
-        return _Target(site, core, "in", 0)
-    if attr == "hook_out" and _is_linear(core):
-        return _Target(site, core, "out", 1)
-    if attr == "hook_out":
-        for child in _OUTPUT_LINEAR:
-            sub = getattr(parent, child, None)
-            if isinstance(sub, nn.Module) and _is_linear(_core(sub)):
-                return _Target(site, _core(sub), "out", 2)
-    block = _BLOCK_HOOK.match(getattr(hook_points(model).get(site), "name", None) or site)
-    if block is not None:
-        # The residual stream between blocks (resid_pre of block L = resid_post of block L-1) is
-        # resid_mid + mlp_out of block L-1: a shift there is the same shift on that MLP's output.
-        layer = int(block.group(1)) - (1 if block.group(2) == "in" else 0)
-        if layer < 0:
-            return "the residual stream before the first block (embeddings); no linear layer to fold into"
-        mlp_out = getattr(getattr(_block(model, layer), "mlp", None), "out", None)
-        if isinstance(mlp_out, nn.Module) and _is_linear(_core(mlp_out)):
-            return _Target(site, _core(mlp_out), "out", 3, shift_only=True)
-    return "not the input or output of a linear layer"
-
-
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(in|out)$")
-
-
-def _block(model: nn.Module, layer: int) -> nn.Module | None:
-    blocks = getattr(model, "blocks", None)
-    try:
-        return blocks[layer] if blocks is not None else None
-    except (IndexError, TypeError):
-        return None
-
-
-def fold_plan(model: Any, sites: list[str]) -> dict[str, str]:
-    """For each site, where its map would fold (``"output of ..."``/``"input of ..."``) or why not."""
-    out: dict[str, str] = {}
-    for site in sites:
-        t = _target(model, site)
-        if isinstance(t, str):
-            out[site] = t
-        else:
-            out[site] = f"{t.side}put of {type(t.linear).__name__}" + (
-                " (a shift on the residual stream: omega must be 1)" if t.shift_only else ""
-            )
-    return out
-
-
-def unfoldable_sites(model: Any, sites: list[str]) -> dict[str, str]:
-    """The sites among ``sites`` whose maps cannot be folded into weights, with the reason."""
-    targets = {s: _target(model, s) for s in sites}
-    return {s: t for s, t in targets.items() if isinstance(t, str)}
-
-
 # --------------------------------------------------------------------------- folding
 def effective_affine(m: AffineMap, strength: float = 1.0, inverse: bool = False) -> tuple[Tensor, Tensor]:
     r"""The flat ``(omega', b')`` (float64) of :math:`T^\lambda` (or its inverse) for map ``m``."""
@@ -247,7 +170,14 @@ def fold_maps(
     """
     per_site = dict(strength) if isinstance(strength, Mapping) else {s: float(strength) for s in maps}
     active = {s: m for s, m in maps.items() if float(per_site.get(s, 0.0)) != 0.0}
-    targets = {s: _target(model, s) for s in active}
+    refused = {s: why for s, m in active.items() if (why := map_refusal(m)) is not None}
+    if refused:
+        listing = "; ".join(f"{s}: {why}" for s, why in refused.items())
+        raise FoldError(
+            f"cannot fold {len(refused)} map(s) into weights, which act on every token alike: {listing}. "
+            "Steer with hooks instead (steerer.steer()), or refit without the restriction."
+        )
+    targets = {s: fold_target(model, s) for s in active}
     bad = {s: t for s, t in targets.items() if isinstance(t, str)}
     if bad:
         listing = "; ".join(f"{s} ({why})" for s, why in bad.items())
@@ -291,10 +221,10 @@ def _save_once(handle: FoldHandle, seen: set[tuple[int, str]], module: nn.Module
     handle._saved.append((module, name, None if p is None else p.detach().clone()))
 
 
-def _fold_one(t: _Target, omega: Tensor, shift: Tensor, handle: FoldHandle, seen: set[tuple[int, str]]) -> None:
+def _fold_one(t: FoldTarget, omega: Tensor, shift: Tensor, handle: FoldHandle, seen: set[tuple[int, str]]) -> None:
     lin = t.linear
     weight: Tensor = lin.weight
-    conv = _is_conv1d(lin)
+    conv = is_conv1d(lin)
     w64 = weight.detach().double()
     w_out_in = w64.T if conv else w64  # [out, in]
     n_out, n_in = w_out_in.shape
@@ -346,7 +276,7 @@ def _stack(model: Any) -> list[FoldHandle]:
 
 
 def fold(
-    steerer: HookedSteerer,
+    steerer: Steerable,
     strength: float | Mapping[str, float] = 1.0,
     *,
     inverse: bool = False,
@@ -372,10 +302,9 @@ def fold(
     Raises:
         FoldError: a site cannot be folded exactly (the message lists them), or the check failed.
     """
-    steerer._check_fitted()
-    per_site = steerer._strengths(strength)
+    per_site = site_strengths(steerer, strength, inverse=inverse)
     model = steerer.model
-    probe = _probe(steerer) if check else None
+    probe = probe_batch(steerer) if check else None
     expected = None
     if probe is not None:
         with torch.no_grad():
@@ -398,7 +327,7 @@ def fold(
 
 @contextlib.contextmanager
 def folded(
-    steerer: HookedSteerer,
+    steerer: Steerable,
     strength: float | Mapping[str, float] = 1.0,
     *,
     inverse: bool = False,
@@ -412,7 +341,8 @@ def folded(
         handle.undo()
 
 
-def _probe(steerer: HookedSteerer) -> Any | None:
+def probe_batch(steerer: Steerable) -> Any | None:
+    """A short fixed token sequence as a runner batch (language models only; else None)."""
     from lineas_tl.runner import LanguageModelRunner
 
     runner = steerer.runner
@@ -422,109 +352,3 @@ def _probe(steerer: HookedSteerer) -> Any | None:
     vocab = int(getattr(cfg, "d_vocab", 0) or 0)
     ids = [(7 * i + 3) % vocab for i in range(8)] if vocab > 0 else [0] * 8
     return runner.prepare([ids]).batch([0])
-
-
-# --------------------------------------------------------------------------- export
-def save_folded(
-    steerer: HookedSteerer,
-    path: str | os.PathLike[str],
-    strength: float | Mapping[str, float] = 1.0,
-    *,
-    inverse: bool = False,
-) -> Path:
-    """Write the steered model, maps folded into its weights, as a plain Hugging Face model directory.
-
-    The directory loads with ``AutoModelForCausalLM.from_pretrained(path)`` (and so in any serving
-    stack that reads Hugging Face checkpoints, or converts them, e.g. to GGUF) and computes the steered
-    model with no lineas-tl code. The model's weights in memory are restored on return.
-
-    Where a fold needs a bias the architecture lacks (Llama's ``o_proj`` / ``down_proj``), the config's
-    own switch is turned on (``attention_bias`` / ``mlp_bias``) and the other projections it governs
-    get zero biases, which is exact. Before the directory is moved into place, it is reloaded and its
-    logits compared with the hooked model's on a probe sequence.
-
-    Args:
-        steerer: a fitted steerer on a ``TransformerBridge`` over a Hugging Face model.
-        path: a new (or empty) directory.
-        strength, inverse: as in :func:`fold`.
-
-    Raises:
-        FoldError: a site cannot be folded, the architecture cannot hold a needed bias, or the
-            reloaded model does not reproduce the steered one.
-        FileExistsError: ``path`` exists and is not an empty directory.
-    """
-    from transformers import AutoModelForCausalLM
-
-    target = Path(path).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise FileExistsError(f"{target} exists and is not an empty directory; choose a new path")
-    hf = getattr(steerer.model, "original_model", None)
-    if not isinstance(hf, nn.Module) or not hasattr(hf, "config"):
-        raise FoldError(
-            f"{type(steerer.model).__name__} does not wrap a Hugging Face model; save_folded needs a "
-            "TransformerBridge booted from transformers"
-        )
-    probe = _probe(steerer)
-    if probe is None:
-        raise FoldError("save_folded supports language models only")
-    tokens = probe.kwargs["input"]
-    with torch.no_grad():
-        expected = steerer.runner.forward(probe, steerer.hooks(steerer._strengths(strength), inverse=inverse))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        with fold(steerer, strength, inverse=inverse) as handle:
-            names = {id(m): n for n, m in hf.named_modules(remove_duplicate=False)}
-            created = [
-                _clean_key(names[id(module)]) + "." + name
-                for module, name, original in handle._saved
-                if original is None and id(module) in names
-            ]
-            state = {}
-            for key, value in hf.state_dict().items():
-                state.setdefault(_clean_key(key), value.detach().clone())
-        cfg = hf.config.to_dict()
-        cfg.update(output_attentions=False, output_hidden_states=False)  # runtime flags the bridge sets
-        config = type(hf.config).from_dict(cfg)
-        for key in created:
-            flag = "mlp_bias" if ".mlp." in key else "attention_bias"
-            if not hasattr(config, flag):
-                raise FoldError(
-                    f"the fold created the bias {key}, but {type(config).__name__} has no "
-                    f"`{flag}` switch to store it: this model cannot be exported folded; keep the "
-                    "fold in memory (steerer.fold()) or steer with hooks"
-                )
-            setattr(config, flag, True)
-        fresh = AutoModelForCausalLM.from_config(config).to(dtype=next(hf.parameters()).dtype)
-        wanted = fresh.state_dict()
-        missing = [k for k in wanted if k not in state]
-        not_bias = [k for k in missing if not k.endswith(".bias")]
-        if not_bias:
-            raise FoldError(f"cannot map the bridge's weights back to {type(fresh).__name__}: missing {not_bias[:5]}")
-        for key in missing:
-            state[key] = torch.zeros_like(wanted[key])
-        fresh.load_state_dict({k: state[k] for k in wanted}, strict=True)
-        fresh.save_pretrained(tmp)
-        tokenizer = getattr(steerer.model, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
-        with torch.no_grad():
-            got = reloaded(tokens.to(next(reloaded.parameters()).device)).logits
-        err = float((got.to(expected.device) - expected).abs().max())
-        tol = 1e-4 * (1.0 + float(expected.abs().max()))
-        if not err <= tol:
-            raise FoldError(
-                f"the exported model does not reproduce the steered model (max |diff| {err:.3g} > "
-                f"{tol:.3g}); nothing was written"
-            )
-        os.replace(tmp, target) if target.exists() else os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _clean_key(key: str) -> str:
-    """A bridge-wrapped Hugging Face parameter name back to the plain model's name."""
-    return key.replace("._original_component", "").replace("_original_component.", "")

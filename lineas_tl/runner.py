@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from lineas_tl.chat import ChatPool, as_conversations, is_conversation, is_conversation_set, render
 from lineas_tl.hooks import GenerationPositions
 from lineas_tl.sites import stop_layer
 
@@ -75,31 +76,55 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def get_runner(model: Any, *, pool_bos: bool = False) -> Runner:
+def input_device(model: Any) -> torch.device:
+    """Where token ids go: the device of the model's input embedding (first parameter otherwise).
+
+    On a model split across devices (a ``device_map``) this is the first device of the split,
+    which need not be the device of every parameter, nor ``model.cfg.device``.
+    """
+    for get in (lambda: model.embed, lambda: model.get_input_embeddings()):
+        try:
+            return next(get().parameters()).device
+        except (AttributeError, StopIteration, TypeError, NotImplementedError):
+            continue
+    return model_device(model)
+
+
+def get_runner(model: Any, *, pool_bos: bool = False, chat_pool: ChatPool = "user") -> Runner:
     """The runner for ``model``: its own ``lineas_runner()`` if it has one, else a language model's.
 
-    ``pool_bos`` (language models) keeps a leading BOS token in the pooling; see
-    :class:`LanguageModelRunner`.
+    ``pool_bos`` (language models) keeps a leading BOS token in the pooling; ``chat_pool`` says
+    which tokens of a conversation are pooled (see :mod:`lineas_tl.chat`).
     """
     if hasattr(model, "lineas_runner"):
         return model.lineas_runner()
-    return LanguageModelRunner(model, pool_bos=pool_bos)
+    return LanguageModelRunner(model, pool_bos=pool_bos, chat_pool=chat_pool)
 
 
 class TokenSequences:
     """Token id sequences of unequal lengths, padded per batch on demand.
 
     ``Batch.mask`` (what pooling reads) is the attention mask, minus a leading ``skip_id`` token
-    (the BOS) in sequences that have other tokens; ``kwargs["attention_mask"]`` is the real mask.
+    (the BOS) in sequences that have other tokens, and restricted to ``pool_masks`` when given
+    (one ``[pos]`` 0/1 mask per sequence, e.g. the content tokens of a conversation);
+    ``kwargs["attention_mask"]`` is the real mask.
     """
 
     def __init__(
-        self, sequences: list[Int[Tensor, " pos"]], pad_id: int, device: torch.device, skip_id: int | None = None
+        self,
+        sequences: list[Int[Tensor, " pos"]],
+        pad_id: int,
+        device: torch.device,
+        skip_id: int | None = None,
+        pool_masks: list[Int[Tensor, " pos"]] | None = None,
     ):
+        if pool_masks is not None and [len(m) for m in pool_masks] != [len(s) for s in sequences]:
+            raise ValueError("pool_masks must have one mask per sequence, of the sequence's length")
         self.sequences = sequences
         self.pad_id = pad_id
         self.device = device
         self.skip_id = skip_id
+        self.pool_masks = pool_masks
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -110,7 +135,10 @@ class TokenSequences:
             seqs, batch_first=True, padding_value=self.pad_id, padding_side=padding_side
         )
         ones = [torch.ones_like(s) for s in seqs]
-        pooled = [o.clone() for o in ones]
+        if self.pool_masks is None:
+            pooled = [o.clone() for o in ones]
+        else:
+            pooled = [self.pool_masks[i].clone().long() for i in indices]
         for p, seq in zip(pooled, seqs):
             if self.skip_id is not None and len(seq) > 1 and int(seq[0]) == self.skip_id:
                 p[0] = 0
@@ -130,9 +158,12 @@ class LanguageModelRunner:
     """Runs a TransformerLens language model (``TransformerBridge`` or any ``HookedRootModule``).
 
     Prompts are strings (tokenised one by one with the model's own ``to_tokens``, so BOS handling is
-    the model's) or token ids: a list of lists, or a ``[batch, pos]`` tensor with an optional
-    ``attention_mask``. Batches are right-padded for fitting and collection, which with causal
-    attention leaves every real token's activation exactly as in a one-by-one run.
+    the model's), conversations (lists of ``{"role", "content"}`` messages, rendered with the
+    tokenizer's chat template and pooled as ``chat_pool`` says; see :mod:`lineas_tl.chat`) or token
+    ids: a list of lists, or a ``[batch, pos]`` tensor with an optional ``attention_mask``. Token
+    batches go to the device of the input embedding (:func:`input_device`). Batches are
+    right-padded for fitting and collection, which with causal attention leaves every real token's
+    activation exactly as in a one-by-one run.
 
     Pooling skips a leading BOS token (unless ``pool_bos=True``): under causal attention it is
     the same for every prompt, so it carries nothing about the prompt, and in models with an
@@ -140,26 +171,33 @@ class LanguageModelRunner:
     and, divided by varying prompt lengths, would swamp the pooled features.
     """
 
-    def __init__(self, model: Any, pool_bos: bool = False):
+    def __init__(self, model: Any, pool_bos: bool = False, chat_pool: ChatPool = "user"):
         self.model = model
         self.pool_bos = pool_bos
+        self.chat_pool = chat_pool
         params = inspect.signature(model.forward).parameters
         self._takes_mask = "attention_mask" in params
         self._takes_stop = "stop_at_layer" in params
         self._takes_return_type = "return_type" in params
+        # Fitting and collection never reuse a KV cache: building one costs memory, and a cache is
+        # state that activation checkpointing's recomputation would write twice.
+        self._takes_use_cache = "use_cache" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
     @property
     def device(self) -> torch.device:
-        return model_device(self.model)
+        return input_device(self.model)
 
     @property
     def tokenizer(self) -> Any:
         return getattr(self.model, "tokenizer", None)
 
     def prepare(self, prompts: Any, attention_mask: Tensor | None = None) -> TokenSequences:
-        """Prepare strings or token ids; raises ValueError on an empty set or an unusable input."""
+        """Prepare strings, conversations or token ids; raises ValueError on an empty or unusable set."""
         if isinstance(prompts, (str, bytes)):
             raise TypeError("prompts must be a list of strings or token ids, not a single string")
+        if is_conversation(prompts):
+            raise TypeError("prompts is one conversation; pass a list of conversations ([conversation])")
+        pool_masks = None
         if isinstance(prompts, Tensor):
             if prompts.ndim != 2:
                 raise ValueError(f"a token tensor must be [batch, pos], got shape {tuple(prompts.shape)}")
@@ -171,17 +209,23 @@ class LanguageModelRunner:
                 raise ValueError("the prompt set is empty: pass at least one prompt")
             if all(isinstance(p, str) for p in prompts):
                 seqs = [self._tokenize(p) for p in prompts]
+            elif is_conversation_set(prompts):
+                rendered = [render(self.tokenizer, c, self.chat_pool) for c in prompts]
+                seqs, pool_masks = [r.ids for r in rendered], [r.pool_mask for r in rendered]
             elif all(isinstance(p, (list, tuple, Tensor)) for p in prompts):
                 seqs = [torch.as_tensor(p, dtype=torch.long).reshape(-1).cpu() for p in prompts]
             else:
-                raise TypeError("prompts must be all strings or all token-id sequences, not a mix")
+                raise TypeError(
+                    "prompts must be all strings, all conversations (lists of {'role', 'content'} dicts) "
+                    "or all token-id sequences, not a mix"
+                )
         if not seqs:
             raise ValueError("the prompt set is empty: pass at least one prompt")
         if any(len(s) == 0 for s in seqs):
             raise ValueError("a prompt has no tokens; remove empty prompts")
         bos = getattr(self.tokenizer, "bos_token_id", None) if self.tokenizer is not None else None
         skip = None if self.pool_bos or not isinstance(bos, int) else bos
-        return TokenSequences(seqs, self._pad_id(), self.device, skip)
+        return TokenSequences(seqs, self._pad_id(), self.device, skip, pool_masks)
 
     def _tokenize(self, text: str) -> Int[Tensor, " pos"]:
         if self.tokenizer is None:
@@ -213,6 +257,8 @@ class LanguageModelRunner:
                 kwargs["stop_at_layer"] = stop
         if self._takes_return_type and "stop_at_layer" not in kwargs:
             kwargs["return_type"] = None if sites is not None else "logits"
+        if self._takes_use_cache:
+            kwargs["use_cache"] = False
         with self.model.hooks(fwd_hooks=hooks):
             return self.model(tokens, **kwargs)
 
@@ -230,6 +276,7 @@ class LanguageModelRunner:
         use_past_kv_cache: bool = True,
         return_type: str = "str",
         attention_mask: Tensor | None = None,
+        chat: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Generate from ``prompt`` with the hooks of ``make_hooks(tracker)`` attached.
@@ -238,19 +285,25 @@ class LanguageModelRunner:
         model's ``generate``, so each row continues as it would alone. ``return_type``: ``"str"``
         (prompt and continuation, as TransformerLens returns), ``"continuation"`` (the new text
         only) or ``"tokens"`` (``[batch, pos]`` ids, prompt included, left padding kept).
+
+        A conversation (a list of ``{"role", "content"}`` messages), a list of them, or strings with
+        ``chat=True`` are rendered with the chat template and its generation prompt, so the new
+        tokens are the assistant's reply: ``positions="generated"`` steers the reply only, and
+        ``return_type="continuation"`` returns it.
         """
         if not hasattr(self.model, "generate"):
             raise TypeError(f"{type(self.model).__name__} has no generate(); steer a forward pass instead")
         if return_type not in ("str", "continuation", "tokens"):
             raise ValueError("return_type must be 'str', 'continuation' or 'tokens'")
-        single = isinstance(prompt, str) or (isinstance(prompt, Tensor) and prompt.ndim == 1)
-        prompts = [prompt] if isinstance(prompt, str) else prompt
+        single = isinstance(prompt, str) or (isinstance(prompt, Tensor) and prompt.ndim == 1) or is_conversation(prompt)
+        prompts = [prompt] if isinstance(prompt, str) or is_conversation(prompt) else prompt
+        prompts = as_conversations(prompts, chat)
         if isinstance(prompts, Tensor) and prompts.ndim == 1:
             prompts = prompts[None]
         prepared = self.prepare(prompts, attention_mask)
         batch = prepared.batch(range(len(prepared)), padding_side="left")
         tokens, mask = batch.kwargs["input"], batch.kwargs["attention_mask"]
-        tracker = GenerationPositions(prompt_len=tokens.shape[1])
+        tracker = GenerationPositions(prompt_len=tokens.shape[1], left_pad=(mask == 0).sum(1))
         kwargs.setdefault("stop_at_eos", self.tokenizer is not None)
         handle = self.model.register_forward_pre_hook(tracker.on_forward)
         try:

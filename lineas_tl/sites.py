@@ -42,28 +42,57 @@ def block_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+SITE_PRESETS = ("outputs", "norms")
+
+
+def preset_sites(model: Any, preset: str) -> list[str]:
+    """Every block's pair of sites for a named ``preset``, in forward order.
+
+    - ``"outputs"``: ``blocks.L.hook_attn_out`` and ``blocks.L.hook_mlp_out``, what each sublayer
+      adds to the residual stream.
+    - ``"norms"``: layer-norm outputs, the paper's sites. Where a block has post-sublayer norms
+      (Gemma-2/3: ``blocks.L.ln1_post.hook_out``, ``blocks.L.ln2_post.hook_out``) these are exactly
+      the paper's; in a pre-LN model (GPT-2, Llama, SmolLM2) the norms sit before each sublayer, and
+      the preset takes their outputs, ``blocks.L.ln1.hook_out`` and ``blocks.L.ln2.hook_out``: what the
+      attention and the MLP read. Steering there changes what a sublayer sees but not the residual
+      stream that skips it.
+    """
+    if preset not in SITE_PRESETS:
+        raise ValueError(f"unknown site preset {preset!r}; choose one of {SITE_PRESETS}")
+    names = hook_points(model)
+    if preset == "outputs":
+        pairs = [("hook_attn_out", "hook_mlp_out")]
+    else:
+        pairs = [("ln1_post.hook_out", "ln2_post.hook_out"), ("ln1.hook_out", "ln2.hook_out")]
+    for first, second in pairs:
+        wanted = [
+            n for i in range(_n_layers(model)) for n in (f"blocks.{i}.{first}", f"blocks.{i}.{second}") if n in names
+        ]
+        if wanted:
+            return resolve_sites(model, wanted)
+    raise ValueError(
+        f"{type(model).__name__} has no hook points for the {preset!r} site preset "
+        f"(looked for blocks.L.{pairs[0][0]}); pass `sites=` explicitly (hook names, a regex or a callable)."
+    )
+
+
+def has_post_norms(model: Any) -> bool:
+    """Whether the blocks have post-sublayer norms (Gemma-2/3 style), the paper's own sites."""
+    return "blocks.0.ln1_post.hook_out" in hook_points(model)
+
+
 def default_sites(model: Any) -> list[str]:
     """The default steering sites of ``model``.
 
     A model may define ``default_steering_sites()`` (the diffusers adapter does: every normalisation
-    layer). Otherwise every block's attention output and MLP output: the pre-LN analogue of the
-    post-attention / post-MLP layer norms that the LinEAS paper hooks in Gemma-2.
+    layer). A model with post-sublayer norms (Gemma-2/3) gets the paper's sites, the outputs of its
+    post-attention and post-MLP norms (``"norms"``). Any other model gets every block's attention
+    output and MLP output (``"outputs"``): in a pre-LN model, what the paper's post-norms would
+    write to the residual stream.
     """
     if hasattr(model, "default_steering_sites"):
         return resolve_sites(model, list(model.default_steering_sites()))
-    names = hook_points(model)
-    wanted = [
-        n
-        for i in range(_n_layers(model))
-        for n in (f"blocks.{i}.hook_attn_out", f"blocks.{i}.hook_mlp_out")
-        if n in names
-    ]
-    if not wanted:
-        raise ValueError(
-            f"{type(model).__name__} has no `blocks.L.hook_attn_out` / `blocks.L.hook_mlp_out` hook "
-            "points; pass `sites=` explicitly (a list of hook names, a regex or a callable)."
-        )
-    return resolve_sites(model, wanted)
+    return preset_sites(model, "norms" if has_post_norms(model) else "outputs")
 
 
 def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:
@@ -71,8 +100,9 @@ def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:
 
     Args:
         model: a model exposing TransformerLens hook points.
-        sites: ``None`` for :func:`default_sites`; a hook name or alias; a list of them; a regular
-            expression matched against every name (full match); or a callable on names.
+        sites: ``None`` for :func:`default_sites`; a preset name (``"outputs"``, ``"norms"``: see
+            :func:`preset_sites`); a hook name or alias; a list of them; a regular expression matched
+            against every name (full match); or a callable on names.
 
     Raises:
         ValueError: a name that is not a hook point (the message lists close matches), or a
@@ -81,6 +111,8 @@ def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:
     if sites is None:
         return default_sites(model)
     points = hook_points(model)
+    if isinstance(sites, str) and sites in SITE_PRESETS and sites not in points:
+        return preset_sites(model, sites)
     order = {name: i for i, name in enumerate(canonical_names(model))}
     chosen: set[str] = set()
     if callable(sites):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
+from lineas_tl.calibrate import Calibration, calibrate, resolve_strength
+from lineas_tl.chat import CHAT_POOLS, ChatPool, as_conversations
 from lineas_tl.hooks import POSITIONS, GenerationPositions, Positions, SteeringHook
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods import METHODS, FitContext
@@ -22,7 +24,7 @@ from lineas_tl.pooling import POOLINGS, Pooling
 from lineas_tl.runner import Hook, get_runner
 from lineas_tl.sites import SiteSpec, resolve_sites
 
-Strength = float | Mapping[str, float]
+Strength = float | Mapping[str, float] | Literal["calibrated"]
 
 
 class HookedSteerer:
@@ -38,16 +40,30 @@ class HookedSteerer:
             real tokens (the paper's choice), ``"last"`` token, or ``"all"`` tokens.
         pool_bos: keep a leading BOS token in the pooling (default: left out; it is identical for
             every prompt and, in models with an attention sink, huge).
+        chat_pool: which tokens of a conversation prompt are pooled: ``"user"`` content (default),
+            ``"content"`` of every message, or ``"all"`` (see :mod:`lineas_tl.chat`).
 
     Fitted attributes (after :meth:`fit`): ``maps_`` (site -> :class:`AffineMap`), ``method_``,
-    ``hparams_``, ``history_``.
+    ``hparams_``, ``history_``; after :meth:`calibrate`: ``calibrated_strength_`` and
+    ``calibration_`` (the :class:`~lineas_tl.calibrate.Calibration` record).
     """
 
-    def __init__(self, model: Any, sites: SiteSpec = None, *, pooling: Pooling = "mean", pool_bos: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        sites: SiteSpec = None,
+        *,
+        pooling: Pooling = "mean",
+        pool_bos: bool = False,
+        chat_pool: ChatPool = "user",
+    ):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         self.model = model
-        self.runner = get_runner(model, pool_bos=pool_bos)
+        if chat_pool not in CHAT_POOLS:
+            raise ValueError(f"unknown chat_pool {chat_pool!r}; choose one of {CHAT_POOLS}")
+        self.runner = get_runner(model, pool_bos=pool_bos, chat_pool=chat_pool)
+        self.chat_pool = chat_pool
         self.sites = resolve_sites(model, sites)
         self.pooling = pooling
         self.pool_bos = pool_bos
@@ -55,6 +71,8 @@ class HookedSteerer:
         self.method_: str | None = None
         self.hparams_: dict[str, Any] = {}
         self.history_: dict[str, Any] = {}
+        self.calibrated_strength_: float | None = None
+        self.calibration_: Calibration | None = None
 
     def __repr__(self) -> str:
         state = f"fitted with {self.method_!r} on {len(self.maps_)} sites" if self.maps_ else "not fitted"
@@ -69,6 +87,7 @@ class HookedSteerer:
         *,
         collect_batch_size: int = 16,
         progress: bool = True,
+        chat: bool = False,
         **hparams: Any,
     ) -> HookedSteerer:
         """Fit maps that move ``source_prompts``' activations to ``target_prompts``'.
@@ -79,6 +98,8 @@ class HookedSteerer:
             method: a name from :data:`lineas_tl.methods.METHODS` (``"lineas"``, ``"linear_act"``, ...).
             collect_batch_size: prompts per forward pass when reading activations.
             progress: show progress bars.
+            chat: render string prompts as one-message user conversations with the tokenizer's chat
+                template (prompts that are already conversations are always rendered).
             **hparams: the method's hyper-parameters (e.g. ``steps``, ``lr``, ``gamma``, ``seed``).
 
         Returns:
@@ -86,6 +107,8 @@ class HookedSteerer:
         """
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        source_prompts = as_conversations(source_prompts, chat)
+        target_prompts = as_conversations(target_prompts, chat)
         ctx = FitContext(
             runner=self.runner,
             source=self.runner.prepare(source_prompts),
@@ -103,6 +126,7 @@ class HookedSteerer:
         self.method_ = method
         self.hparams_ = dict(hparams)
         self.history_ = result.history
+        self.calibrated_strength_, self.calibration_ = None, None  # new maps: calibrate again
         return self
 
     def _check_fitted(self) -> None:
@@ -120,10 +144,12 @@ class HookedSteerer:
     ) -> list[Hook]:
         """The ``(site, hook)`` pairs that apply the fitted maps, for ``model.hooks(fwd_hooks=...)``.
 
-        ``strength`` is a float for every site, or ``{site: float}`` (sites left out are not
-        steered). ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove).
+        ``strength`` is a float for every site, ``{site: float}`` (sites left out are not
+        steered), or ``"calibrated"`` (:attr:`calibrated_strength_`, see :meth:`calibrate`).
+        ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove).
         """
         self._check_fitted()
+        strength = resolve_strength(self, strength, inverse)
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
         per_site = self._strengths(strength)
@@ -164,8 +190,10 @@ class HookedSteerer:
     ) -> Any:
         """Generate with the steering active.
 
-        For a language model: ``prompt`` is a string, a list of strings (left-padded into one batch)
-        or token ids; ``positions`` says which tokens are steered (``"all"``, ``"prompt"`` or
+        For a language model: ``prompt`` is a string, a list of strings (left-padded into one batch),
+        a conversation or a list of them (``chat=True`` renders strings as user turns; the new tokens
+        are then the assistant's reply, which ``positions="generated"`` scopes to) or token ids;
+        ``positions`` says which tokens are steered (``"all"``, ``"prompt"`` or
         ``"generated"``), exactly, with or without the KV cache. Keyword arguments go to the model's
         ``generate`` (``max_new_tokens``, ``do_sample``, ``use_past_kv_cache``, ...). For a diffusion
         pipeline, returns images (see :mod:`lineas_tl.diffusers`).
@@ -176,6 +204,19 @@ class HookedSteerer:
             return self.hooks(strength, inverse=inverse, positions=positions, tracker=tracker)
 
         return self.runner.generate(prompt, make_hooks, **kwargs)
+
+    def calibrate(
+        self, texts: Any, max_ppl_increase: float = 0.05, *, max_strength: float = 1.0, **kwargs: Any
+    ) -> HookedSteerer:
+        """Find the largest strength whose perplexity on ``texts`` is at most ``(1 + max_ppl_increase)``
+        times the unsteered model's; store it as ``calibrated_strength_`` (and the record as
+        ``calibration_``), so that ``strength="calibrated"`` uses it. Saved by :meth:`save`.
+        See :func:`lineas_tl.calibrate.calibrate` for the search and its keyword arguments. Returns ``self``.
+        """
+        record = calibrate(self, texts, max_ppl_increase, max_strength=max_strength, **kwargs)
+        self.calibration_ = record
+        self.calibrated_strength_ = record.strength
+        return self
 
     # ---------------------------------------------------------------- inspecting
     def support(self) -> dict[str, float]:
@@ -200,6 +241,24 @@ class HookedSteerer:
         from lineas_tl.fold import fold
 
         return fold(self, strength, inverse=inverse, check=check)
+
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        format: str = "gguf",
+        strength: Strength | str = 1.0,
+        *,
+        inverse: bool = False,
+        source: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """Write the steered model for serving: ``format="gguf"`` (weights folded, for llama.cpp /
+        Ollama), ``"control-vector"`` (llama.cpp, additive steerers only) or ``"hf"`` (a Hugging Face
+        directory); ``strength`` may be ``"calibrated"``. See :mod:`lineas_tl.export`. Returns the path.
+        """
+        from lineas_tl.export import export
+
+        self._check_fitted()
+        return export(self, path, format, strength, inverse=inverse, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Any) -> HookedSteerer:

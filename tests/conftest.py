@@ -178,3 +178,61 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# A ChatML-like template (SmolLM2's shape: a default system prompt, role headers, a generation
+# prompt) over the tiny tokenizer's own special token, so no new token ids are needed.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}<|endoftext|>system\nBe kind.\n{% endif %}"
+    "<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_llama_dir(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a chat template on its tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("chat_llama")
+    for f in llama_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, path / f.name)
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def chat_llama_model(chat_llama_dir: Path):
+    return boot(chat_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma-2 style: post-attention and post-MLP norms, the LinEAS paper's own sites."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Gemma2Config(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    return _save_hf(Gemma2ForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("gemma2"))
+
+
+@pytest.fixture
+def gemma_model(gemma_dir: Path):
+    return boot(gemma_dir)

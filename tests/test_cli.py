@@ -224,3 +224,32 @@ def test_read_prompts_formats(tmp_path):
     assert read_prompts(tmp_path / "b.json") == ["x", "y"]
     with pytest.raises(ValueError, match="JSON list of strings"):
         read_prompts(tmp_path / "c.json")
+
+
+def test_calibrate_then_generate_at_the_calibrated_strength(saved_steerer, gpt2_dir, tmp_path):
+    import shutil
+
+    st = tmp_path / "st"
+    shutil.copytree(saved_steerer, st)
+    common = ["--model", gpt2_dir, "--steerer", st]
+    before = invoke("generate", *common, "--prompt", "the cat", "--strength", "calibrated", "--no-progress")
+    assert_one_line_error(before, "no calibrated strength", "calibrate")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the cat sat on the mat\na dog ran in the park with a red ball\nhave a lovely day\n")
+    result = invoke("calibrate", *common, "--texts", texts, "--max-ppl-increase", 0.01)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "calibrated strength" in result.stdout and "+1%" in result.stdout
+    meta = json.loads((st / "steerer.json").read_text())
+    value = meta["calibration"]["strength"]
+    assert 0 <= value <= 1 and meta["calibration"]["max_ppl_increase"] == 0.01
+    assert "calibrated:  strength" in invoke("info", st).stdout
+    args = ["--prompt", "the cat", "--max-new-tokens", 4, "--no-progress", "--json"]
+    cal = invoke("generate", *common, *args, "--strength", "calibrated")
+    num = invoke("generate", *common, *args, "--strength", repr(value))
+    assert cal.exit_code == 0, cal.output + cal.stderr
+    assert json.loads(cal.stdout) == json.loads(num.stdout)
+    assert_one_line_error(invoke("generate", *common, *args, "--strength", "strong"), "--strength", "calibrated")
+
+
+def test_demo_rejects_quick_and_full_together():
+    assert_one_line_error(invoke("demo", "--quick", "--full"), "--quick", "--full")

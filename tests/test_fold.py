@@ -205,40 +205,54 @@ def test_unfitted_steerer_cannot_fold(native_model):
         HookedSteerer(native_model).fold()
 
 
-def test_save_folded_writes_a_plain_hugging_face_model(hf_model, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from lineas_tl.fold import save_folded
-
-    steerer = manual(hf_model, MIXED_SITES[:2] + MIXED_SITES[4:])
-    before = snapshot(hf_model)
-    path = save_folded(steerer, tmp_path / "steered-model", strength=0.8)
-    assert_same_weights(before, hf_model)  # the model in memory is untouched
-    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
-    with torch.no_grad():
-        with steerer.steer(0.8):
-            hooked = hf_model(TOKENS)
-        got = reloaded(TOKENS).logits
-    assert (got - hooked).abs().max() <= 1e-4
-    assert (tmp_path / "steered-model" / "tokenizer.json").exists()
-    with pytest.raises(FileExistsError):
-        save_folded(steerer, path)
+def test_maps_restricted_to_some_tokens_are_refused(llama_model):
+    steerer = manual(llama_model, ["blocks.1.hook_mlp_out"])
+    before = snapshot(llama_model)
+    steerer.maps_["blocks.1.mlp.hook_out"].set_range(torch.full((32,), -1.0), torch.full((32,), 1.0))
+    with pytest.raises(FoldError, match="support range"):
+        steerer.fold()
+    assert_same_weights(before, llama_model)
+    front = AffineMap((32,), 2, kind="front", n_front=2)
+    assert "first positions" in lfold.map_refusal(front)
+    assert lfold.map_refusal(steerer.maps_["blocks.1.mlp.hook_out"].set_range(None, None) or AffineMap((4,))) is None
 
 
-@pytest.mark.parametrize("method", ["lineas", "linear_act", "mean_act", "iti", "actadd"])
+def test_fold_needs_only_the_public_steerer_api():
+    """No import circle: fold.py does not import the steerer, and uses its public methods only."""
+    import inspect
+
+    source = inspect.getsource(lfold)
+    assert "import lineas_tl.steerer" not in source and "from lineas_tl.steerer" not in source
+    assert "steerer._" not in source
+
+
+@pytest.mark.parametrize("method", ["lineas", "linear_act", "mean_act", "caa", "iti"])
 def test_every_method_folds(gpt2_model, text_sets, method):
     """Each method's maps sit where a fold is exact: attn/MLP outputs, hook_z, the residual stream."""
     hparams = {"steps": 2, "lr": 0.1} if method == "lineas" else {}
+    if method == "linear_act":
+        hparams = {"support": None}  # with its default support range it cannot fold (next test)
     steerer = HookedSteerer(gpt2_model).fit(
         text_sets["source"][:4], text_sets["target"][:4], method=method, progress=False, **hparams
     )
-    strength = 4.0 if method == "actadd" else 1.0
     tokens = gpt2_model.to_tokens(["you are a stupid idiot", "have a lovely day"], padding_side="right")
     with torch.no_grad():
-        with steerer.steer(strength):
+        with steerer.steer(1.0):
             hooked = gpt2_model(tokens)
-        with steerer.fold(strength):
+        with steerer.fold(1.0):
             got = gpt2_model(tokens)
         base = gpt2_model(tokens)
     assert (hooked - base).abs().max() > 0  # the method moved something
     assert (got - hooked).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["linear_act", "actadd"])
+def test_methods_that_steer_some_tokens_only_are_refused(gpt2_model, text_sets, method):
+    """Linear-AcT's support range and ActAdd's front positions are not a function of the weights."""
+    steerer = HookedSteerer(gpt2_model).fit(
+        text_sets["source"][:4], text_sets["target"][:4], method=method, progress=False
+    )
+    before = snapshot(gpt2_model)
+    with pytest.raises(FoldError, match="support range|first positions"):
+        steerer.fold(1.0)
+    assert_same_weights(before, gpt2_model)

@@ -67,6 +67,26 @@ def test_round_trip_is_exact(gpt2_model, text_sets, tmp_path):
     assert torch.equal(before, after)
 
 
+def test_support_range_and_front_maps_round_trip(native_model, tmp_path):
+    """Linear-AcT's lo/hi and ActAdd's per-position rows survive a save; no range stays no range."""
+    from safetensors.torch import load_file
+
+    sets = _token_sets()
+    cases = (("linear_act", {}), ("linear_act", {"support": None}), ("actadd", {"layer": 1, "coefficient": 2.0}))
+    for method, kw in cases:
+        steerer = HookedSteerer(native_model).fit(sets["source"], sets["target"], method=method, progress=False, **kw)
+        steerer.save(tmp_path / method)
+        loaded = HookedSteerer.load(tmp_path / method, native_model)
+        for site, m in steerer.maps_.items():
+            got = loaded.maps_[site]
+            assert (got.kind, got.n_front, got.has_range) == (m.kind, m.n_front, m.has_range)
+            assert torch.equal(got.bias, m.bias)
+            if m.has_range:
+                assert torch.equal(got.lo, m.lo) and torch.equal(got.hi, m.hi)
+        keys = set(load_file(str(tmp_path / method / "maps.safetensors")))
+        assert any(k.endswith(".lo") for k in keys) == (method == "linear_act" and not kw)
+
+
 def test_metadata_records_method_sites_version_and_fingerprint(native_model, tmp_path):
     sets = _token_sets()
     steerer = HookedSteerer(native_model).fit(sets["source"], sets["target"], method="linear_act", progress=False)

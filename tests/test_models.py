@@ -65,7 +65,7 @@ def test_cache_written_once_and_reused(
     def no_convert(local_dir: Path) -> None:
         raise AssertionError("converted again despite a valid cache")
 
-    monkeypatch.setattr(models, "_convert_smollm2", no_convert)
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: no_convert(a[1]))
     second = models.load(cache_dir=cache)
     tokens = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(first(tokens), second(tokens))
@@ -85,12 +85,60 @@ def test_interrupted_conversion_leaves_no_cache(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def llama_gguf(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test Llama written as a real GGUF file (F32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lineas_tl.export.gguf_from_hf import write_llama_gguf
+
+    hf = AutoModelForCausalLM.from_pretrained(llama_dir)
+    return write_llama_gguf(hf, AutoTokenizer.from_pretrained(llama_dir), tmp_path_factory.mktemp("g") / "tiny.gguf")
+
+
+def test_any_gguf_loads_converted_once_and_records_its_file(
+    llama_gguf: Path, llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    cache = tmp_path / "cache"
+    model = models.load(str(llama_gguf), cache_dir=cache, device="cpu")
+    assert getattr(model, models.SOURCE_ATTR) == str(llama_gguf)
+    assert json.loads((cache / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    tokens = torch.tensor([[0, 5, 17, 3, 42]])
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(llama_dir)(tokens).logits
+        torch.testing.assert_close(model(tokens), reference, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted again despite a valid cache"))
+    again = models.load(str(llama_gguf), cache_dir=cache, device="cpu")
+    assert getattr(again, models.SOURCE_ATTR) == str(llama_gguf)
+    assert models.gguf_cache_dir(llama_gguf).parent == models.cache_root() / "models"
+
+
+def test_gguf_load_failures_name_their_cause(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.load(str(tmp_path / "missing.gguf"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF not really")
+    with pytest.raises(ValueError, match="transformers cannot read the GGUF .*bad.gguf"):
+        models.load(str(bad), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(OSError, match="could not load the local model directory .*broken"):
+        models.load(str(broken))
+
+
 @pytest.mark.slow
 def test_smollm2_loads_from_cache_and_knows_paris(
     smollm2: TransformerBridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert models._cache_valid(models.smollm2_cache_dir())
-    monkeypatch.setattr(models, "_convert_smollm2", lambda d: pytest.fail("cache not reused"))
+    assert getattr(smollm2, models.SOURCE_ATTR).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("cache not reused"))
     start = time.perf_counter()
     again = models.load("smollm2")
     assert time.perf_counter() - start < 30

@@ -25,7 +25,7 @@ def fitted(gpt2_dir, text_sets_module):
 
     model = boot(gpt2_dir)
     src, tgt = text_sets_module
-    steerer = HookedSteerer(model).fit(src[:32], tgt[:32], steps=100, lr=1e-2, progress=False)
+    steerer = HookedSteerer(model).fit(src[:32], tgt[:32], progress=False)
     return model, steerer
 
 
@@ -172,3 +172,21 @@ def test_errors(native_model, gpt2_model, text_sets):
             pass
     with pytest.raises(ValueError, match="not a hook point"):
         HookedSteerer(gpt2_model, sites=["blocks.0.hook_mlp_ot"])
+
+
+def test_maps_apply_at_the_bos_in_fitting_as_in_inference(gpt2_model, text_sets):
+    """Pooling leaves the BOS out of the loss, but the maps steer it in the fit's forward pass
+    exactly as they do under steer() (and so in generation, perplexity and fold)."""
+    src, tgt = text_sets["source"][:16], text_sets["target"][:16]
+    s = HookedSteerer(gpt2_model).fit(src, tgt, steps=1, lr=0.0, progress=False, warn=False)
+    assert gpt2_model.to_tokens(src[0])[0, 0] == gpt2_model.tokenizer.bos_token_id
+    target_acts = collect_activations(gpt2_model, tgt, s.sites, progress=False)
+    with s.steer(1.0):
+        source_acts = collect_activations(gpt2_model, src, s.sites, progress=False)
+    loss, _ = global_loss(source_acts, target_acts)
+    assert float(loss) == pytest.approx(s.history_["loss"][0], rel=1e-5)
+    site = s.sites[0]
+    _, plain = gpt2_model.run_with_cache(src[0], names_filter=[site])
+    with s.steer(1.0):
+        _, steered = gpt2_model.run_with_cache(src[0], names_filter=[site])
+    assert not torch.allclose(plain[site][0, 0], steered[site][0, 0])  # the BOS position is steered

@@ -9,13 +9,17 @@
 # |---|---|---|---|
 # | `lineas` | affine map per site, end to end (global 1-D OT loss) | each block's `hook_attn_out`, `hook_mlp_out` | λ |
 # | `linear_act` | same maps, local closed-form 1-D OT, layer by layer (Rodriguez et al. 2024) | same | λ |
-# | `mean_act` | shift b = mean(target) − mean(source) (Mean-AcT; CAA, Rimsky et al. 2024) | same | λ |
-# | `iti` | top 48 heads by probe accuracy, moved 15 σ along the probe (ITI-c, Li et al. 2023) | `attn.hook_z` | λ α |
-# | `actadd` | one prompt pair's mean residual difference (Turner et al. 2023) | `blocks.15.hook_resid_pre` | 5 λ |
+# | `mean_act` | shift b = mean(target) − mean(source), fitted site after site (Mean-AcT) | same | λ |
+# | `caa` | the same shift, every site read from the unsteered model (CAA, Rimsky et al. 2024) | same | λ |
+# | `iti` | top-K heads by probe accuracy, moved along the probe (ITI-c, Li et al. 2023) | `attn.hook_z` | λ α |
+# | `actadd` | a matched prompt pair's per-position difference at the prompt's front (Turner et al. 2023) | one `hook_resid_pre` | λ c |
 #
 # The in-sample score continues the very prompts the methods were fitted on; the out-of-sample score
-# continues 80 held-out prompts that share no sentence with them. LinEAS's claim (arXiv
-# 2503.10679) is that its end-to-end fit stays effective out of sample, at a low cost in fluency.
+# continues held-out prompts that share no sentence with them. Continuations are sampled as in the
+# paper (T = 1, top_p 0.3, repetition penalty 1.2, 32 tokens), several per prompt, with the same
+# seeds for every method; every score has a 95% bootstrap interval over prompts. LinEAS's claim
+# (arXiv 2503.10679) is that its end-to-end fit stays effective out of sample, at a low cost in
+# fluency.
 #
 # Run it as a script (`python tutorials/02_compare_methods.py`), or with `--quick` (or
 # `LINEAS_TL_QUICK=1`) for a one-to-two-minute run with few prompts, few steps and three strengths:
@@ -31,21 +35,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from lineas_tl.evaluate import compare
+from lineas_tl.evaluate import PAPER, compare, format_frontier
 
 QUICK = "--quick" in sys.argv or os.environ.get("LINEAS_TL_QUICK", "") not in ("", "0")
 OUT = Path(os.environ.get("LINEAS_TL_OUT", "outputs")) / "02_compare_methods"
 
 if QUICK:
-    N_FIT, N_EVAL, N_REF, REF_WORDS = 8, 8, 4, 40
-    STRENGTHS = (0.0, 0.5, 1.0)
+    N_FIT, N_EVAL, N_IN, N_REF, REF_WORDS = 8, 6, 4, 4, 40
+    STRENGTHS, EXTRA = (0.0, 0.5, 1.0), ()
     LINEAS = {"steps": 10}
-    MAX_NEW_TOKENS = 10
+    GENERATION = PAPER.with_(max_new_tokens=10, n_samples=1)
 else:
-    N_FIT, N_EVAL, N_REF, REF_WORDS = 32, 80, 64, 80  # 32 prompts per side: the paper's default
-    STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-    LINEAS = {"steps": 200}  # the paper: 1000 steps; 100 are already competitive
-    MAX_NEW_TOKENS = 30
+    N_FIT, N_EVAL, N_IN, N_REF, REF_WORDS = 32, 32, 16, 32, 64  # 32 prompts per side: the paper's default
+    STRENGTHS, EXTRA = tuple(i / 10 for i in range(11)), (1.5, 2.0)
+    LINEAS = {}  # the library's default fit
+    GENERATION = PAPER.with_(n_samples=2)
 print(f"quick={QUICK}: {N_FIT} fit prompts per side, {N_EVAL} held-out prompts, strengths {STRENGTHS}")
 
 # %% [markdown]
@@ -68,6 +72,7 @@ except (ImportError, FileNotFoundError, OSError) as err:
 concept = get_concept("toxicity")
 source, target = concept.split(n_fit=N_FIT, seed=0)
 held_out = concept.eval_prompts[:N_EVAL]
+held_out_target = [p for p in concept.target_prompts if p not in set(target)][:N_EVAL]
 reference = reference_text(n=N_REF, seed=0, max_words=REF_WORDS)
 print("source:", source[:2])
 print("target:", target[:2])
@@ -76,9 +81,9 @@ print("held out:", held_out[:2])
 # %% [markdown]
 # ## One call: fit every method once, sweep the strength
 #
-# Strength 0 (the unsteered model) is evaluated once and shared by every curve. ActAdd's strength is
-# an unbounded coefficient: `compare` passes 5 λ (`actadd_scale`, 5 as in Turner et al.'s
-# "Love" − "Hate" example); the `scale` column shows what each method was steered with.
+# Strength 0 (the unsteered model) is evaluated once and shared by every curve. Every method's
+# strength runs over [0, 1]; the three whose fit is a distribution match (LinEAS, Linear-AcT,
+# Mean-AcT) are also pushed past 1. The ceiling row is the unsteered model on *target* prompts.
 
 # %%
 start = time.perf_counter()
@@ -86,13 +91,16 @@ table = compare(
     model,
     source,
     target,
-    methods=("lineas", "linear_act", "mean_act", "iti", "actadd"),
+    methods=("lineas", "linear_act", "mean_act", "caa", "iti", "actadd"),
     strengths=STRENGTHS,
+    extra_strengths=EXTRA,
     eval_prompts=held_out,
+    target_eval_prompts=held_out_target,
     scorer=concept.scorer,
     reference_texts=reference,
     method_kwargs={"lineas": LINEAS},
-    max_new_tokens=MAX_NEW_TOKENS,
+    generation=GENERATION,
+    n_in_sample=N_IN,
     out_dir=OUT,
 )
 print(f"compare took {time.perf_counter() - start:.0f}s; wrote {table.attrs['csv']} and {table.attrs['plot']}")
@@ -107,9 +115,21 @@ print(f"compare took {time.perf_counter() - start:.0f}s; wrote {table.attrs['csv
 
 # %%
 pd.set_option("display.width", 200)
-cols = ["method", "strength", "scale", "score_in", "pct_in", "score_out", "pct_out", "rel_in", "rel_out", "gap"]
+cols = ["method", "strength", "score_in", "score_out", "score_out_lo", "score_out_hi", "pct_out", "gap"]
 cols.append("perplexity")
 print(table[cols].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## The frontier summary
+#
+# For each method, the best held-out score among the strengths whose perplexity stays within +5%,
+# +10% and +25% of the unsteered model's, with its 95% interval and strength: the comparison at
+# equal fluency cost, which is the one that matters.
+
+# %%
+print(format_frontier(table.attrs["frontier"]).to_string(index=False))
+ceiling = table.attrs["ceiling"]
+print(f"ceiling (unsteered model on held-out target prompts): {ceiling['score_out']:.3f}")
 
 # %% [markdown]
 # ## The trade-off plot
@@ -133,7 +153,7 @@ except ImportError:
 
 # %%
 base = table[table["strength"] == 0].iloc[0]
-full = table[table["strength"] == max(STRENGTHS)].set_index("method")
+full = table[table["strength"] == 1.0].set_index("method")
 summary = pd.DataFrame(
     {
         "removed in sample (%)": 100 * (1 - full["rel_in"]),
@@ -150,7 +170,7 @@ print(summary.round(2).to_string())
 # %% [markdown]
 # ## What the continuations look like
 #
-# The first held-out prompt's continuation at full strength, per method (greedy decoding).
+# The first held-out prompt's first sampled continuation at strength 1, per method.
 
 # %%
 print(f"prompt: {held_out[0]!r}")
@@ -162,9 +182,10 @@ for name, row in full.iterrows():
 # ## Reading the result honestly
 #
 # - Strengths are not comparable across methods: λ = 1 means "full transport" for LinEAS and
-#   Linear-AcT, "mean matched" for Mean-AcT, α = 15 standard deviations for ITI and a coefficient
-#   of 5 for ActAdd. Compare curves at equal perplexity, not rows at equal strength.
+#   Linear-AcT, "mean matched" for Mean-AcT and CAA, the full α for ITI and the chosen coefficient
+#   for ActAdd. Compare curves at equal perplexity (the frontier summary), not rows at equal strength.
 # - The judge is a bag-of-words profanity model, and SmolLM2-135M is small: absolute numbers differ
 #   from the paper's Gemma2-2B figures (toxicity 4.00 % → 0.73 % with LinEAS at perplexity
 #   14.8 → 15.5); the ranking, not the values, is what to look at.
-# - With `--quick`, 8 prompts per side and 20 LinEAS steps are far from the paper's 32 and 1000.
+# - With `--quick`, 8 prompts per side, 10 LinEAS steps and one sample per prompt are far from a
+#   real measurement: the intervals say so.

@@ -4,6 +4,7 @@ Example:
     >>> from lineas_tl.concepts import get_concept
     >>> c = get_concept("toxicity")
     >>> source, target = c.split(n_fit=32, seed=0)   # fit sets, disjoint from c.eval_prompts
+    >>> chat_source, chat_target = c.chat_split(n_fit=32, seed=0)   # the same, as user turns
     >>> scores = c.scorer(["have a nice day", "shut up, moron"])  # higher = more of the concept
 
 | concept | source -> target | score | goal |
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lineas_tl.concepts import sentiment, style, toxicity
-from lineas_tl.concepts.base import Concept, FitSplit, Scorer
+from lineas_tl.concepts.base import CONTINUE_INSTRUCTION, Concept, FitSplit, Scorer, chat_prompts
 from lineas_tl.concepts.sentiment import negativity_scores
 from lineas_tl.concepts.style import shakespeare_scores, style_classifier_accuracy
 from lineas_tl.concepts.text import reference_text
@@ -47,10 +48,12 @@ def get_concept(name: str) -> Concept:
 
 
 __all__ = [
+    "CONTINUE_INSTRUCTION",
     "Concept",
     "FitSplit",
     "Scorer",
     "available_concepts",
+    "chat_prompts",
     "get_concept",
     "negativity_scores",
     "reference_text",

@@ -11,6 +11,20 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 Scorer = Callable[[Sequence[str]], list[float]]
+Conversation = list[dict[str, str]]
+
+CONTINUE_INSTRUCTION = "Continue this text: "
+"""The default user instruction of a concept's chat form: the prompt follows it in the user turn."""
+
+
+def chat_prompts(prompts: Iterable[str], instruction: str = CONTINUE_INSTRUCTION) -> list[Conversation]:
+    """Chat form of text prompts: one user turn each, ``instruction + prompt``.
+
+    A concept's prompts are prefixes to continue; in a conversation the model answers instead, so
+    the instruction asks it to continue the text, and the assistant's reply is what gets judged.
+    Pass ``instruction=""`` to send the bare prompt as the user's message.
+    """
+    return [[{"role": "user", "content": f"{instruction}{p}"}] for p in prompts]
 
 
 class FitSplit(NamedTuple):
@@ -49,6 +63,17 @@ class Concept:
         rng = random.Random(seed)
         source = rng.sample(self.source_prompts, n_fit)
         return FitSplit(source, rng.sample(self.target_prompts, n_fit))
+
+    def chat_split(
+        self, n_fit: int = 32, seed: int = 0, instruction: str = CONTINUE_INSTRUCTION
+    ) -> tuple[list[Conversation], list[Conversation]]:
+        """:meth:`split`'s prompts in chat form (see :func:`chat_prompts`): ``(source, target)``."""
+        source, target = self.split(n_fit, seed)
+        return chat_prompts(source, instruction), chat_prompts(target, instruction)
+
+    def chat_eval_prompts(self, instruction: str = CONTINUE_INSTRUCTION) -> list[Conversation]:
+        """The held-out evaluation prompts in chat form (see :func:`chat_prompts`)."""
+        return chat_prompts(self.eval_prompts, instruction)
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """Score texts with the concept's judge (same as ``scorer(texts)``)."""

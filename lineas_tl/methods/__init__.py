@@ -2,10 +2,15 @@
 
 =============  ===========================================================================
 ``lineas``     every site's affine map fitted end to end with the global OT loss (default)
-``linear_act`` the same maps fitted locally, site after site, in closed form (1-D OT)
-``mean_act``   Mean-AcT / CAA: a shift b = mean(target) - mean(source) per site
-``actadd``     ActAdd: one prompt pair's activation difference at one residual layer
-``iti``        ITI-c: top-k attention heads (``attn.hook_z``) shifted along a logistic probe
+``linear_act`` the same maps fitted locally, site after site, in closed form (1-D OT), each
+               applied only inside the source range seen at fit time (``support="q_0_100"``)
+``mean_act``   Mean-AcT: a shift b = mean(target) - mean(source) per site, fitted site after
+               site on activations already shifted upstream (AcT's incremental fit)
+``caa``        the same shift with every mean read from the unsteered model (CAA's form)
+``actadd``     ActAdd: a matched prompt pair's per-position difference, added at the prompt's
+               first positions of one residual layer; layer and coefficient swept on the fit prompts
+``iti``        ITI-c: top-K attention heads (``attn.hook_z``) shifted along a logistic probe,
+               K = 4.7% of the model's heads (ITI's 48 of 1024)
 =============  ===========================================================================
 """
 

@@ -55,6 +55,7 @@ class FitContext:
     source_raw: Any = None
     target_raw: Any = None
     _shapes: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    _devices: dict[str, torch.device] = field(default_factory=dict)
 
     @property
     def model(self) -> Any:
@@ -62,20 +63,37 @@ class FitContext:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter; a map's own device is :meth:`site_device`."""
         return model_device(self.model)
+
+    def _probe(self) -> None:
+        # The pooled outputs stay on the device of the activation they were read from, so one
+        # probe pass tells both each site's feature layout and where the model computes it.
+        with torch.no_grad():
+            pooled, self._shapes = pooled_forward(self.runner, self.source.batch([0]), self.sites, self.pooling)
+        self._devices = {s: x.device for s, x in pooled.items()}
 
     def site_shapes(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """``site -> (feature_axis, feature_shape)``, read from one probe forward pass."""
         if not self._shapes:
-            with torch.no_grad():
-                _, self._shapes = pooled_forward(self.runner, self.source.batch([0]), self.sites, self.pooling)
+            self._probe()
         return self._shapes
 
+    def site_devices(self) -> dict[str, torch.device]:
+        """``site -> device`` the model computes the site's activation on (a split model has several)."""
+        if not self._devices:
+            self._probe()
+        return self._devices
+
+    def site_device(self, site: str) -> torch.device:
+        """The device of ``site``'s activation: where its map should live."""
+        return self.site_devices()[site]
+
     def identity_maps(self, kind: str = "affine", sites: Sequence[str] | None = None) -> dict[str, AffineMap]:
-        """Fresh identity maps on the model's device for ``sites`` (all sites by default)."""
-        shapes = self.site_shapes()
+        """Fresh identity maps for ``sites`` (all sites by default), each on its site's device."""
+        shapes, devices = self.site_shapes(), self.site_devices()
         return {
-            s: AffineMap(shapes[s][1], shapes[s][0], kind=kind, device=self.device)
+            s: AffineMap(shapes[s][1], shapes[s][0], kind=kind, device=devices[s])
             for s in (sites if sites is not None else self.sites)
         }
 

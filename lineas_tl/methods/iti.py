@@ -17,8 +17,10 @@ the held-out split and the top :math:`K` are shifted along their probe's unit no
 
 where :math:`\sigma_{l,h}` is the standard deviation of the pooled activations of both prompt sets
 projected on :math:`\theta_{l,h}`, and :math:`\lambda` is the steering strength (``steer(strength=...)``;
-:math:`\lambda = 1` is exactly ITI's :math:`\alpha`). Defaults are ITI's published ones: :math:`K = 48`
-heads, :math:`\alpha = 15`, a 4:1 train/validation split. The AcT/LinEAS papers sweep the
+:math:`\lambda = 1` is exactly ITI's :math:`\alpha`). Defaults are ITI's published ones, with
+:math:`K` scaled to the model: ITI shifts 48 of LLaMA-7B's 1024 heads (4.7%), so :math:`K` defaults
+to ``round(48 / 1024 * n_heads_total)`` (at least 1; 13 of SmolLM2-135M's 270 heads);
+:math:`\alpha = 15`; a 4:1 train/validation split. The AcT/LinEAS papers sweep the
 intervention strength for ITI-c; here that sweep is the strength :math:`\lambda`.
 
 Where it hooks: ``blocks.L.attn.hook_z`` of every block (canonical name in a ``TransformerBridge``:
@@ -44,6 +46,13 @@ from lineas_tl.sites import block_index, hook_points, resolve_sites
 
 DEFAULT_K: int = 48
 """Heads shifted by ITI (Li et al. 2023, chosen for LLaMA-7B's 1024 heads)."""
+DEFAULT_K_FRACTION: float = DEFAULT_K / 1024
+"""ITI's share of heads shifted (48 of 1024); ``k=None`` scales it to the model's head count."""
+
+
+def default_k(n_heads_total: int) -> int:
+    """ITI's :data:`DEFAULT_K_FRACTION` of ``n_heads_total`` heads, rounded, at least 1."""
+    return max(1, round(DEFAULT_K_FRACTION * n_heads_total))
 DEFAULT_ALPHA: float = 15.0
 """ITI's intervention strength alpha, in units of the activation std along the probe direction."""
 
@@ -72,7 +81,7 @@ def z_sites(model: Any, layers: Sequence[int] | None = None) -> list[str]:
 def fit_iti(
     ctx: FitContext,
     *,
-    k: int = DEFAULT_K,
+    k: int | None = None,
     alpha: float = DEFAULT_ALPHA,
     val_fraction: float = 0.2,
     layers: Sequence[int] | None = None,
@@ -82,7 +91,8 @@ def fit_iti(
     r"""Probe every head, keep the top ``k`` by held-out accuracy, shift them along their probe.
 
     Args:
-        k: number of heads to shift (clipped to the number of heads; ITI: 48).
+        k: number of heads to shift (clipped to the number of heads). Default: ITI's share,
+            :func:`default_k` of the probed heads (48 of 1024 in ITI).
         alpha: shift in units of :math:`\sigma_{l,h}` at strength 1 (ITI: 15).
         val_fraction: share of each prompt set held out to score the probes (ITI: 0.2, a 4:1 split).
         layers: blocks whose heads are probed (default: all).
@@ -100,8 +110,8 @@ def fit_iti(
         from sklearn.model_selection import train_test_split
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("ITI fits its probes with scikit-learn: `pip install scikit-learn`") from err
-    if k < 1:
-        raise ValueError("k must be at least 1")
+    if k is not None and k < 1:
+        raise ValueError("k must be at least 1 (or None for ITI's share of the model's heads)")
     if not 0 < val_fraction < 1:
         raise ValueError("val_fraction must be in (0, 1)")
     n_s, n_t = len(ctx.source), len(ctx.target)
@@ -113,6 +123,8 @@ def fit_iti(
     source = pool_prepared(ctx.runner, ctx.source, sites, ctx.pooling, None, ctx.batch_size)
     target = pool_prepared(ctx.runner, ctx.target, sites, ctx.pooling, None, ctx.batch_size)
     n_heads = shapes[sites[0]][1][0]
+    if k is None:
+        k = default_k(len(sites) * n_heads)
     y = np.r_[np.zeros(len(source[sites[0]])), np.ones(len(target[sites[0]]))]
     n_val = max(2, int(np.ceil(val_fraction * len(y))))  # at least one held-out row per class
     if len(y) - n_val < 2:

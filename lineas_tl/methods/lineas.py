@@ -1,8 +1,8 @@
 r"""LinEAS: every site's affine map fitted together, end to end, with one distributional loss.
 
 Rodriguez et al., *LinEAS: End-to-end Learning of Activation Steering with a Distributional Loss*
-(arXiv 2503.10679). With every map :math:`T_l` active, the source prompts' pooled outputs
-:math:`U_l` depend on all upstream maps; the loss
+(arXiv 2503.10679). With every map :math:`T_l(z) = \omega_l \odot z + b_l` active, the source
+prompts' pooled outputs :math:`U_l` depend on all upstream maps; the loss
 
 .. math::
 
@@ -11,53 +11,124 @@ Rodriguez et al., *LinEAS: End-to-end Learning of Activation Steering with a Dis
 against the untouched model's target activations :math:`V_l` therefore trains each map knowing its
 effect downstream. After each Adam step, a sparse-group-lasso proximal step on
 :math:`(\omega_l - 1, b_l)` with :math:`\tau = \text{lr}_t\,\gamma` selects the neurons and sites.
+
+Two presets (every argument stays overridable):
+
+- ``preset="fast"`` (the default) minimises the same loss from a better start and in better units:
+  it starts from the incremental mean match (omega = 1, each site's shift matched to the target mean
+  on activations already shifted upstream: Mean-AcT), and measures the shift in units of the
+  target's standard deviation, :math:`b_l = \sigma_l \odot \beta_l`. Adam moves each parameter by
+  about ``lr`` per step whatever its gradient's scale, so in raw units a coordinate whose activations
+  span hundreds (SmolLM2's massive activations) needs thousands of steps while one that spans 0.1
+  overshoots; in standardised units every coordinate moves at the same relative pace. It runs Adam
+  at a constant ``lr=1e-2`` and stops when the loss has stopped falling (the rule is in
+  :mod:`lineas_tl.methods.convergence`), after at most ``steps=300``.
+- ``preset="paper"``: the authors' recipe, raw parametrisation, Adam lr 1e-3 with betas (0.9, 0.9),
+  cosine decay to lr x 1e-3 over 1000 steps, no early stop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+import warnings
+from typing import Any
+
 import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from lineas_tl.collect import pooled_forward
 from lineas_tl.losses import Backend, global_loss, prox_sparse_group_lasso
-from lineas_tl.maps import support_by_site
+from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
+from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, make_schedule
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 300, "lr": 1e-2, "schedule": "constant", "standardize": True, "early_stop": True, "init": "mean_act"},
+    "paper": {"steps": 1000, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity"},
+}
+
+
+class _Scaled(nn.Module):
+    """``b = scale * beta``: the optimiser sees ``beta``, the map still holds ``b``."""
+
+    def __init__(self, scale: Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, beta: Tensor) -> Tensor:
+        return beta * self.scale
+
+    def right_inverse(self, b: Tensor) -> Tensor:
+        return b / self.scale
 
 
 @register("lineas")
 def fit_lineas(
     ctx: FitContext,
     *,
-    steps: int = 100,
-    lr: float = 1e-3,
+    preset: str = "fast",
+    steps: int | None = None,
+    lr: float | None = None,
+    schedule: str | None = None,
+    standardize: bool | None = None,
+    early_stop: bool | None = None,
+    init: str | None = None,
+    tol: float = 3e-4,
+    patience: int = 20,
     batch_size: int | None = None,
     optimizer: str = "adam",
-    schedule: str = "cosine",
     gamma: float = 0.0,
     l1: float = 1.0,
     group: float = 1.0,
     loss_backend: Backend = "auto",
+    checkpoint: bool = False,
     seed: int = 0,
     log_every: int = 10,
+    warn: bool = True,
 ) -> FitResult:
     """Fit LinEAS maps on every site of ``ctx``.
 
     Args:
-        steps: optimisation steps (the paper uses 1000; 100 is already competitive).
-        lr: learning rate (Adam 1e-3 by default; ``optimizer="sgd"`` with lr 0.1 is the paper's
-            alternative).
+        preset: ``"fast"`` (default) or ``"paper"``; sets the next five arguments where they are None.
+        steps: the most optimisation steps (fast: 300, stops earlier once converged; paper: 1000).
+        lr: learning rate (fast: 1e-2 in standardised units; paper: 1e-3).
+        schedule: ``"constant"`` (fast) or ``"cosine"`` (paper: decay to lr x 1e-3 over ``steps``).
+        standardize: measure the shift in units of the target's per-coordinate standard deviation.
+        early_stop: stop once the loss has stopped falling (otherwise run all ``steps``).
+        init: where the maps start: ``"mean_act"`` (fast), ``"identity"`` (paper) or
+            ``"linear_act"`` (the closed-form local solution, without a support range).
+        tol, patience: the loss has stopped falling when its best value over the last ``patience``
+            steps improved by less than ``tol`` times the total decrease so far (see
+            :mod:`lineas_tl.methods.convergence`).
         batch_size: source (and target) prompts per step; default ``min(32, n_source, n_target)``.
-        schedule: ``"cosine"`` decay to 0 over ``steps``, or ``"constant"``.
-        gamma: sparsity strength of the proximal step (0 turns it off).
+        optimizer: ``"adam"`` (betas 0.9, 0.9, as the authors) or ``"sgd"`` (the paper's lr 0.1).
+        gamma: sparsity strength of the proximal step (0 turns it off); with ``standardize`` the
+            penalty applies to the standardised shift.
         l1, group: relative weights of the L1 and the group (per-site L2) penalties.
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
+        checkpoint: recompute each block's activations in the backward pass instead of storing them
+            (less memory, about one more forward pass of time); see :mod:`lineas_tl.checkpointing`.
         seed: seeds the minibatch sampling; the fit is deterministic for a seed.
         log_every: support is recorded every ``log_every`` steps.
+        warn: emit :class:`NotConvergedWarning` when the fit ends while the loss is still falling.
 
     Returns:
-        the maps, and a history with ``loss`` (per step), ``site_loss`` (last step, per site),
-        ``support`` (per site, at the end) and ``support_trace`` (mean support every ``log_every``).
+        the maps, and a history with ``loss``, ``lr`` and ``time`` (seconds since the fit started,
+        target statistics and initialisation included) per step, ``identity_loss`` (the untouched
+        model's), ``initial_loss`` (at the first step, after ``init``),
+        ``final_loss``, ``steps``, ``converged``, ``stop_reason``, ``max_abs_omega_minus_1``,
+        ``max_abs_b``, ``seconds``, ``site_loss`` (last step), ``support`` and ``support_trace``.
     """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = dict(PRESETS[preset])
+    given = {
+        "steps": steps, "lr": lr, "schedule": schedule, "standardize": standardize, "early_stop": early_stop, "init": init
+    }
+    cfg.update({k: v for k, v in given.items() if v is not None})
     n_s, n_t = len(ctx.source), len(ctx.target)
     bs = batch_size if batch_size is not None else min(32, n_s, n_t)
     if bs > n_s or bs > n_t:
@@ -65,56 +136,154 @@ def fit_lineas(
             f"batch_size={bs} is larger than the prompt sets ({n_s} source, {n_t} target); pass "
             f"batch_size <= {min(n_s, n_t)} or give more prompts"
         )
-    if steps < 1:
+    if cfg["steps"] < 1:
         raise ValueError("steps must be at least 1")
+    started = time.perf_counter()
     target = ctx.pooled("target")
-    maps = ctx.identity_maps("affine")
+    maps = _initial_maps(ctx, cfg["init"])
+    if cfg["standardize"]:
+        for site, m in maps.items():
+            std = target[site].std(dim=0) if target[site].shape[0] > 1 else torch.ones_like(target[site][0])
+            scale = std.clamp_min(1e-3 * float(std.max().clamp_min(1e-12))).reshape(m.feature_shape)
+            parametrize.register_parametrization(m, "bias", _Scaled(scale.to(m.bias.device)))
     params = [p for m in maps.values() for p in m.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9))
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose 'adam' or 'sgd'")
-    if schedule == "cosine":
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    elif schedule == "constant":
-        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+    opt = _optimizer(optimizer, params, cfg["lr"])
+    sched = make_schedule(opt, cfg["schedule"], cfg["steps"])
+    reference = _identity_loss(ctx, target, bs, loss_backend)
+    plateau = Plateau(tol, patience, reference=reference)
+    converged = False
     gen = torch.Generator().manual_seed(seed)
-    history: dict = {"loss": [], "support_trace": []}
-    bar = tqdm(range(steps), desc="LinEAS", disable=not ctx.progress)
-    for step in bar:
-        idx_s = torch.randperm(n_s, generator=gen)[:bs].tolist()
-        idx_t = torch.randperm(n_t, generator=gen)[:bs]
-        source, _ = pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)
-        tgt = target if ctx.pooling == "all" else {s: v[idx_t.to(v.device)] for s, v in target.items()}
-        loss, per_site = global_loss(source, tgt, loss_backend)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        tau = opt.param_groups[0]["lr"] * gamma
-        sched.step()
-        if tau > 0:
-            _prox(maps, tau * l1, tau * group)
-        history["loss"].append(float(loss.detach()))
-        if step % log_every == 0 or step == steps - 1:
-            support = support_by_site(maps)
-            history["support_trace"].append(sum(support.values()) / len(support))
-        bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
-    history["site_loss"] = per_site
-    history["support"] = support_by_site(maps)
+    history: dict[str, Any] = {"loss": [], "lr": [], "time": [], "support_trace": [], "preset": preset, "config": dict(cfg)}
+    history["identity_loss"] = reference
+    stop_reason = "steps"
+    per_site: dict[str, float] = {}
+    bar = tqdm(range(cfg["steps"]), desc="LinEAS", disable=not ctx.progress)
+    with _checkpointing(ctx.model, checkpoint):
+        for step in bar:
+            idx_s = torch.randperm(n_s, generator=gen)[:bs].tolist()
+            idx_t = torch.randperm(n_t, generator=gen)[:bs]
+            source, _ = pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)
+            tgt = target if ctx.pooling == "all" else {s: v[idx_t.to(v.device)] for s, v in target.items()}
+            loss, per_site = global_loss(source, tgt, loss_backend)
+            value = float(loss.detach())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='paper'"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lr_now = opt.param_groups[0]["lr"]
+            sched.step()
+            if gamma > 0:
+                _prox(maps, lr_now * gamma * l1, lr_now * gamma * group)
+            history["loss"].append(value)
+            history["lr"].append(lr_now)
+            history["time"].append(time.perf_counter() - started)
+            if step % log_every == 0 or step == cfg["steps"] - 1:
+                support = support_by_site(maps)
+                history["support_trace"].append(sum(support.values()) / len(support))
+            bar.set_postfix(loss=f"{value:.4g}")
+            if plateau.update(value) and above_floor(opt, cfg["lr"]):
+                converged = True
+                if cfg["early_stop"]:
+                    stop_reason = "converged"
+                    break
     for m in maps.values():
+        if parametrize.is_parametrized(m, "bias"):
+            parametrize.remove_parametrizations(m, "bias", leave_parametrized=True)
         m.requires_grad_(False)
+    history.update(_summary(maps, history["loss"], per_site, converged, stop_reason, time.perf_counter() - started))
+    if warn and not converged:
+        warnings.warn(
+            f"LinEAS stopped after {len(history['loss'])} steps while its loss was still falling "
+            f"({history['initial_loss']:.4g} -> {history['final_loss']:.4g}); fit again with more steps "
+            "(steps=...) or a larger lr, or check history_['loss']",
+            NotConvergedWarning,
+            stacklevel=4,
+        )
     return FitResult(maps, history)
 
 
-def _prox(maps: dict, tau_l1: float, tau_group: float) -> None:
-    """Sparse-group-lasso proximal step on each map's deviation from the identity."""
+INITS = ("identity", "mean_act", "linear_act")
+
+
+def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
+    """The maps the optimiser starts from.
+
+    ``"identity"`` (the paper's); ``"mean_act"``: omega = 1 and each site's shift matched to the
+    target mean on activations already shifted upstream (incremental Mean-AcT); ``"linear_act"``: the
+    sequential closed-form 1-D OT solution without a support range.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+    maps = ctx.identity_maps("affine")
+    if init == "identity":
+        return maps
+    from lineas_tl.methods.linear_act import fit_linear_act
+    from lineas_tl.methods.mean_act import fit_mean_act
+
+    local = (fit_mean_act(ctx) if init == "mean_act" else fit_linear_act(ctx, support=None)).maps
+    with torch.no_grad():
+        for site, m in maps.items():
+            m.weight.copy_(local[site].weight)
+            m.bias.copy_(local[site].bias)
+    return maps
+
+
+def _identity_loss(ctx: FitContext, target: dict[str, Tensor], bs: int, backend: Backend) -> float:
+    """The loss of the identity maps (the untouched model) on the first ``bs`` prompts of each set."""
+    with torch.no_grad():
+        source, _ = pooled_forward(ctx.runner, ctx.source.batch(list(range(bs))), ctx.sites, ctx.pooling)
+        tgt = target if ctx.pooling == "all" else {s: v[:bs] for s, v in target.items()}
+        return float(global_loss(source, tgt, backend)[0])
+
+
+def _optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
+
+
+def _checkpointing(model: Any, on: bool) -> Any:
+    if not on:
+        return contextlib.nullcontext()
+    from lineas_tl.checkpointing import activation_checkpointing
+
+    return activation_checkpointing(model)
+
+
+def _summary(
+    maps: dict[str, AffineMap], losses: list[float], per_site: dict[str, float], converged: bool, reason: str, seconds: float
+) -> dict[str, Any]:
+    return {
+        "initial_loss": losses[0],
+        "final_loss": losses[-1],
+        "steps": len(losses),
+        "converged": bool(converged),
+        "stop_reason": reason,
+        "max_abs_omega_minus_1": max(float((m.weight - 1).abs().max()) for m in maps.values()),
+        "max_abs_b": max(float(m.bias.abs().max()) for m in maps.values()),
+        "seconds": seconds,
+        "site_loss": per_site,
+        "support": support_by_site(maps),
+    }
+
+
+def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
+    """Sparse-group-lasso proximal step on each map's deviation from the identity.
+
+    With a standardised shift the step applies to the optimised parameter (the shift in target
+    standard deviations), so the penalty does not favour low-variance coordinates.
+    """
     with torch.no_grad():
         for m in maps.values():
             delta = m.weight - 1
             prox_sparse_group_lasso(delta, tau_l1, tau_group)
             m.weight.copy_(delta + 1)
-            prox_sparse_group_lasso(m.bias, tau_l1, tau_group)
+            if parametrize.is_parametrized(m, "bias"):
+                prox_sparse_group_lasso(m.parametrizations.bias.original, tau_l1, tau_group)
+            else:
+                prox_sparse_group_lasso(m.bias, tau_l1, tau_group)

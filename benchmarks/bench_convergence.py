@@ -1,0 +1,153 @@
+"""Time to quality of a LinEAS fit: the default (``preset="fast"``) against the paper's recipe.
+
+For each concept, on the embedded SmolLM2-135M with 32 source + 32 target fit prompts:
+
+- fits LinEAS with the paper's recipe (1000 Adam steps, lr 1e-3, cosine, raw parametrisation) and with
+  the library default, recording the loss and the wall time of every step;
+- the time each fit needs to reach 95% of the paper recipe's final loss reduction
+  (``L0 - 0.95 (L0 - L_paper)``, with ``L0`` the loss of the identity maps), and its final loss;
+- the concept score of sampled continuations of the concept's held-out prompts (the authors'
+  sampling: temperature 1.0, top_p 0.3, repetition penalty 1.2; ``--samples`` per prompt, seeded),
+  at strength 1, with a 95% bootstrap interval over prompts, plus the unsteered model's score.
+
+Usage (results go to ``benchmarks/RESULTS_convergence.md`` and ``--out``)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_convergence.py --concept toxicity --concept sentiment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RECIPES = {"paper": {"preset": "paper"}, "default": {}}
+
+
+def fit_all(model, concept: str, out: Path, recipes: list[str]) -> dict[str, dict]:
+    from lineas_tl import HookedSteerer
+    from lineas_tl.concepts import get_concept
+
+    split = get_concept(concept).split(32, seed=0)
+    histories = {}
+    for name in recipes:
+        path = out / concept / name
+        if (path / "history.json").exists():
+            histories[name] = json.loads((path / "history.json").read_text())
+            continue
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        steerer = HookedSteerer(model).fit(split.source, split.target, progress=False, **RECIPES[name])
+        h = steerer.history_
+        print(f"{concept} {name}: {h['steps']} steps, {time.perf_counter() - start:.0f} s, "
+              f"loss {h['initial_loss']:.4g} -> {h['final_loss']:.4g}, converged {h['converged']}", flush=True)
+        steerer.save(path)
+        keep = {k: h[k] for k in ("loss", "time", "initial_loss", "final_loss", "steps", "converged",
+                                  "stop_reason", "max_abs_omega_minus_1", "max_abs_b", "seconds", "config")}
+        (path / "history.json").write_text(json.dumps(keep))
+        histories[name] = keep
+    return histories
+
+
+def identity_loss(model, concept: str) -> float:
+    """The loss of the identity maps (what the paper recipe starts from)."""
+    from lineas_tl import HookedSteerer
+    from lineas_tl.concepts import get_concept
+
+    split = get_concept(concept).split(32, seed=0)
+    s = HookedSteerer(model).fit(split.source, split.target, preset="paper", steps=1, lr=0.0, progress=False, warn=False)
+    return s.history_["loss"][0]
+
+
+def time_to(history: dict, threshold: float) -> float | None:
+    for loss, t in zip(history["loss"], history["time"]):
+        if loss <= threshold:
+            return t
+    return None
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n, len(values)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def concept_scores(model, concept: str, out: Path, recipes: list[str], samples: int, n_eval: int) -> dict:
+    from lineas_tl import HookedSteerer
+    from lineas_tl.concepts import get_concept
+
+    c = get_concept(concept)
+    prompts = c.eval_prompts[:n_eval]
+    kw = dict(max_new_tokens=32, do_sample=True, temperature=1.0, top_p=0.3, repetition_penalty=1.2,
+              return_type="continuation")
+    results = {}
+    for name in ["unsteered", *recipes]:
+        steerer = None if name == "unsteered" else HookedSteerer.load(out / concept / name, model)
+        per_prompt = np.zeros((len(prompts), samples))
+        for k in range(samples):
+            torch.manual_seed(1000 + k)
+            if steerer is None:
+                texts = _generate_plain(model, prompts, kw)
+            else:
+                texts = steerer.generate(prompts, strength=1.0, **kw)
+            per_prompt[:, k] = c.score(texts)
+        values = per_prompt.mean(1)
+        results[name] = (float(values.mean()), *bootstrap_ci(values))
+        print(f"{concept} {name}: {c.score_name} {results[name][0]:.3f} "
+              f"[{results[name][1]:.3f}, {results[name][2]:.3f}]", flush=True)
+    return results
+
+
+def _generate_plain(model, prompts, kw):
+    from lineas_tl.runner import get_runner
+
+    return get_runner(model).generate(prompts, lambda tracker: [], **kw)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--concept", action="append", default=None)
+    p.add_argument("--recipe", action="append", default=None, choices=list(RECIPES))
+    p.add_argument("--out", default="outputs/bench_convergence")
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--n-eval", type=int, default=48)
+    p.add_argument("--no-score", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lineas_tl import models
+
+    random.seed(0)
+    model = models.load("smollm2-135m")
+    out = Path(args.out)
+    recipes = args.recipe or list(RECIPES)
+    rows = []
+    for concept in args.concept or ["toxicity", "sentiment"]:
+        hist = fit_all(model, concept, out, recipes)
+        l0 = identity_loss(model, concept)
+        ref = hist["paper"]["final_loss"] if "paper" in hist else None
+        scores = {} if args.no_score else concept_scores(model, concept, out, recipes, args.samples, args.n_eval)
+        for name in recipes:
+            h = hist[name]
+            reach = time_to(h, l0 - 0.95 * (l0 - ref)) if ref is not None else None
+            rows.append({"concept": concept, "recipe": name, "identity_loss": l0, **{k: h[k] for k in (
+                "steps", "seconds", "final_loss", "converged", "max_abs_omega_minus_1", "max_abs_b")},
+                "time_to_95": reach, "score": scores.get(name), "unsteered": scores.get("unsteered")})
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        print(json.dumps(r))
+    print("command:", "python " + " ".join(sys.argv))
+
+
+if __name__ == "__main__":
+    main()
