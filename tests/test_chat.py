@@ -129,7 +129,7 @@ def test_smollm2_chat_fit_and_generate(smollm2, one_thread):
     target = ["You are a kind friend.", "Thank you, dear.", "I like you, buddy.", "Have a nice day."]
     steerer = HookedSteerer(smollm2, ["blocks.10.hook_mlp_out", "blocks.20.hook_mlp_out"])
     steerer.fit(source, target, chat=True, steps=3, progress=False)
-    assert steerer.history_["loss"][-1] <= steerer.history_["loss"][0]
+    assert steerer.history_["final_loss"] < steerer.history_["identity_loss"]
     convs = [user("Tell me about my neighbour."), user("Hi!")]
     kw = dict(strength=1.0, positions="generated", max_new_tokens=6, return_type="tokens")
     batched = steerer.generate(convs, **kw)

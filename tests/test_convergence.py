@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import boot, native
-from lineas_tl import HookedSteerer
+from lineas_tl import HookedSteerer, collect_activations, global_loss
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau
-from lineas_tl.sites import preset_sites
+from lineas_tl.sites import preset_sites, resolve_sites
 from test_lineas import marked_prompts, plant_embedding_shift
 
 
@@ -68,8 +68,10 @@ def test_gemma_default_sites_are_the_papers_post_norms(gemma_model, llama_model)
     assert sites[:2] == ["blocks.0.ln1_post.hook_out", "blocks.0.ln2_post.hook_out"]
     assert len(sites) == 2 * gemma_model.cfg.n_layers
     # a pre-LN model keeps the sublayer outputs by default; "norms" names its pre-sublayer norms
-    assert HookedSteerer(llama_model).sites[:2] == ["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"]
-    assert preset_sites(llama_model, "norms")[:2] == ["blocks.0.ln1.hook_out", "blocks.0.ln2.hook_out"]
+    outputs = resolve_sites(llama_model, ["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"])
+    assert HookedSteerer(llama_model).sites[:2] == outputs
+    norms = resolve_sites(llama_model, ["blocks.0.ln1.hook_out", "blocks.0.ln2.hook_out"])
+    assert preset_sites(llama_model, "norms")[:2] == norms
     assert HookedSteerer(llama_model, sites="norms").sites == preset_sites(llama_model, "norms")
     with pytest.raises(ValueError, match="unknown site preset"):
         preset_sites(llama_model, "everything")
@@ -80,7 +82,12 @@ def test_history_reports_the_curve_and_how_far_the_maps_moved(one_thread, native
     s = HookedSteerer(native_model).fit(source, target, steps=40, progress=False, warn=False)
     h = s.history_
     assert len(h["loss"]) == len(h["time"]) == len(h["lr"]) == h["steps"]
-    assert h["initial_loss"] == h["loss"][0] and h["final_loss"] == h["loss"][-1]
+    assert h["initial_loss"] == h["loss"][0] and h["final_loss"] == min(h["loss"])
+    # early stopping returns the maps of the lowest loss seen: they reproduce it (full batch)
+    target = collect_activations(native_model, target, s.sites, progress=False)
+    with s.steer(1.0):
+        source = collect_activations(native_model, source, s.sites, progress=False)
+    assert float(global_loss(source, target)[0]) == pytest.approx(h["final_loss"], rel=1e-4)
     omega = max(float((m.weight - 1).abs().max()) for m in s.maps_.values())
     bias = max(float(m.bias.abs().max()) for m in s.maps_.values())
     assert h["max_abs_omega_minus_1"] == pytest.approx(omega) and h["max_abs_b"] == pytest.approx(bias)
@@ -122,7 +129,11 @@ def test_plateau_rule_by_hand():
     p = Plateau(tol=0.1, patience=2)
     # progress 10 -> 5 is 5; the next two steps gain 0.4 < 0.1 * 5.4 (the progress by then)
     assert [p.update(x) for x in (10.0, 8.0, 5.0, 4.8, 4.6)] == [False, False, False, False, True]
-    # the count restarts after a plateau: two fresh steps are needed before the next verdict
-    assert [p.update(x) for x in (4.6, 4.6, 4.6)] == [False, False, True]
+    assert p.update(4.6)
     fast = Plateau(tol=0.1, patience=2)
     assert not any(fast.update(x) for x in (10.0, 8.0, 6.0, 4.0, 2.0))  # still falling steadily
+    # a warm start: progress counts from the reference (the identity's loss), not the first loss
+    warm = Plateau(tol=0.1, patience=2, reference=100.0)
+    # gain 4 over two steps is under 10% of the 94 gained since the reference: a plateau
+    assert [warm.update(x) for x in (10.0, 8.0, 6.0)] == [False, False, True]
+    assert not Plateau(tol=0.1, patience=2).update(1.0)

@@ -226,6 +226,7 @@ def test_fold_needs_only_the_public_steerer_api():
     assert "steerer._" not in source
 
 
+@pytest.mark.filterwarnings("ignore:LinEAS stopped")  # 2 steps: enough to move the maps
 @pytest.mark.parametrize("method", ["lineas", "linear_act", "mean_act", "caa", "iti"])
 def test_every_method_folds(gpt2_model, text_sets, method):
     """Each method's maps sit where a fold is exact: attn/MLP outputs, hook_z, the residual stream."""

@@ -41,9 +41,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image, ImageDraw
 
+from lineas_tl.atomic import atomic_write
 from lineas_tl.diffusion.digits import (
     COLOURS,
     DIGIT_WORDS,
@@ -185,13 +185,13 @@ def run(
     rows = list(per)
     removal = [np.concatenate([images[(m, "removal")][:6], images[(m, "other")][:4]]) for m in rows]
     heads = [p for p, _ in held.concept[:6]] + [p for p, _ in held.other[:4]]
-    _atomic(out / "removal_grid.png", lambda p: _grid(removal, rows, heads).save(p, format="PNG"))
+    atomic_write(out / "removal_grid.png", lambda p: _grid(removal, rows, heads).save(p, format="PNG"))
     induction = [images[(m, "induction")][:10] for m in rows]
     heads = [p for p, _ in held.other[:10]]
-    _atomic(out / "induction_grid.png", lambda p: _grid(induction, rows, heads).save(p, format="PNG"))
-    _atomic(out / "results.csv", lambda p: table.to_csv(p, index=False, float_format="%.4f"))
+    atomic_write(out / "induction_grid.png", lambda p: _grid(induction, rows, heads).save(p, format="PNG"))
+    atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False, float_format="%.4f"))
     text = _report(table, config, command, time.perf_counter() - start, pipe.training_record, held)
-    _atomic(out / "RESULTS.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(out / "RESULTS.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
     return table
 
 
@@ -273,16 +273,6 @@ def _grid(rows: list[np.ndarray], row_names: list[str], col_names: list[str], ce
     return canvas
 
 
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _report(

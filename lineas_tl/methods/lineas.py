@@ -97,7 +97,8 @@ def fit_lineas(
         lr: learning rate (fast: 1e-2 in standardised units; paper: 1e-3).
         schedule: ``"constant"`` (fast) or ``"cosine"`` (paper: decay to lr x 1e-3 over ``steps``).
         standardize: measure the shift in units of the target's per-coordinate standard deviation.
-        early_stop: stop once the loss has stopped falling (otherwise run all ``steps``).
+        early_stop: stop once the loss has stopped falling (otherwise run all ``steps``), and return
+            the maps of the lowest loss seen (``history_["final_loss"]`` is that loss).
         init: where the maps start: ``"mean_act"`` (fast), ``"identity"`` (paper) or
             ``"linear_act"`` (the closed-form local solution, without a support range).
         tol, patience: the loss has stopped falling when its best value over the last ``patience``
@@ -157,6 +158,7 @@ def fit_lineas(
     history["identity_loss"] = reference
     stop_reason = "steps"
     per_site: dict[str, float] = {}
+    best: tuple[float, list[Tensor]] = (float("inf"), [])
     bar = tqdm(range(cfg["steps"]), desc="LinEAS", disable=not ctx.progress)
     with _checkpointing(ctx.model, checkpoint):
         for step in bar:
@@ -170,6 +172,8 @@ def fit_lineas(
                 raise FloatingPointError(
                     f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='paper'"
                 )
+            if cfg["early_stop"] and value < best[0]:
+                best = (value, [p.detach().clone() for p in params])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -189,11 +193,17 @@ def fit_lineas(
                 if cfg["early_stop"]:
                     stop_reason = "converged"
                     break
+    if best[1]:  # early stopping returns the maps of the lowest loss seen, not the last step's
+        with torch.no_grad():
+            for p, saved in zip(params, best[1]):
+                p.copy_(saved)
     for m in maps.values():
         if parametrize.is_parametrized(m, "bias"):
             parametrize.remove_parametrizations(m, "bias", leave_parametrized=True)
         m.requires_grad_(False)
     history.update(_summary(maps, history["loss"], per_site, converged, stop_reason, time.perf_counter() - started))
+    if best[1]:
+        history["final_loss"] = best[0]
     if warn and not converged:
         warnings.warn(
             f"LinEAS stopped after {len(history['loss'])} steps while its loss was still falling "
