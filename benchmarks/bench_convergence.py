@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=48)
     p.add_argument("--no-score", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--report", default=None, help="write the markdown table of every concept in --out here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,10 +144,54 @@ def main() -> None:
             rows.append({"concept": concept, "recipe": name, "identity_loss": l0, **{k: h[k] for k in (
                 "steps", "seconds", "final_loss", "converged", "max_abs_omega_minus_1", "max_abs_b")},
                 "time_to_95": reach, "score": scores.get(name), "unsteered": scores.get("unsteered")})
-    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    for concept in {r["concept"] for r in rows}:
+        (out / concept / "rows.json").write_text(json.dumps([r for r in rows if r["concept"] == concept], indent=1))
     for r in rows:
         print(json.dumps(r))
     print("command:", "python " + " ".join(sys.argv))
+    if args.report:
+        write_report(out, Path(args.report))
+
+
+def write_report(out: Path, path: Path) -> None:
+    """The time-to-quality table from every ``<out>/<concept>/rows.json`` and the saved histories."""
+    lines = [
+        "| concept | recipe | steps | wall time | final loss (identity) | steps / time to 95% of the paper's reduction "
+        "| steps / time to within 10% of the paper's final loss | converged | max abs(omega-1), max abs(b) | score at strength 1 [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rows_file in sorted(out.glob("*/rows.json")):
+        rows = json.loads(rows_file.read_text())
+        for r in rows:
+            h = json.loads((out / r["concept"] / r["recipe"] / "history.json").read_text())
+            paper = json.loads((out / r["concept"] / "paper" / "history.json").read_text())["final_loss"]
+            l0 = r["identity_loss"]
+            at95 = _first(h, l0 - 0.95 * (l0 - paper))
+            at10 = _first(h, 1.1 * paper)
+            score = r.get("score")
+            cell = "" if not score else f"{score[0]:.3f} [{score[1]:.3f}, {score[2]:.3f}]"
+            if r["recipe"] == rows[0]["recipe"] and r.get("unsteered"):
+                u = r["unsteered"]
+                cell_u = f"{u[0]:.3f} [{u[1]:.3f}, {u[2]:.3f}]"
+                lines.append(f"| {r['concept']} | unsteered | | | {l0:.4g} | | | | | {cell_u} |")
+            lines.append(
+                f"| {r['concept']} | {r['recipe']} | {r['steps']} | {r['seconds']:.0f} s | {r['final_loss']:.4g} | "
+                f"{_fmt(at95)} | {_fmt(at10)} | {r['converged']} | "
+                f"{r['max_abs_omega_minus_1']:.3g}, {r['max_abs_b']:.3g} | {cell} |"
+            )
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def _first(history: dict, threshold: float) -> tuple[int, float] | None:
+    for step, (loss, t) in enumerate(zip(history["loss"], history["time"])):
+        if loss <= threshold:
+            return step + 1, t
+    return None
+
+
+def _fmt(hit: tuple[int, float] | None) -> str:
+    return "not reached" if hit is None else f"{hit[0]} / {hit[1]:.0f} s"
 
 
 if __name__ == "__main__":

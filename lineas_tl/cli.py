@@ -20,185 +20,33 @@ traceback).
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    name="lineas-tl",
-    help="LinEAS activation steering for TransformerLens models: fit, generate, compare, export, demo.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from lineas_tl import cli_serve  # noqa: E402,F401  (registers export and calibrate)
+from lineas_tl.cli_support import (
+    CLIError,
+    DeviceOpt,
+    ModelOpt,
+    app,
+    check_hparams,
+    friendly,
+    load_model,
+    parse_params,
+    parse_strength,
+    parse_strengths,
+    read_prompts,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Errors that mean "bad input": shown as one line, exit status 1.
-_USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    KeyError,
-    OSError,
-    RuntimeError,
-    FloatingPointError,
-    ImportError,
-)
-
-
-class CLIError(ValueError):
-    """Bad command-line input, reported as one line."""
-
-
-def _one_line(err: BaseException) -> str:
-    msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    msg = " ".join(msg.split()) or type(err).__name__
-    return msg
-
-
-def _friendly(fn: F) -> F:
-    """Run a command, turning library errors into ``error: ...`` on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except _USER_ERRORS as err:
-            if os.environ.get("LINEAS_TL_DEBUG"):
-                raise
-            typer.echo(f"error: {_one_line(err)}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------- helpers
-def read_prompts(path: str | os.PathLike[str]) -> list[str]:
-    """Read prompts from a text file (one per line, blank lines ignored) or a ``.json`` list."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise CLIError(f"prompt file {str(p)!r} is a directory; pass a text or .json file")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise CLIError(f"{p} is not valid JSON ({err})") from err
-        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise CLIError(f"{p} must hold a JSON list of strings")
-        prompts = [x for x in data if x.strip()]
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise CLIError(f"prompt file {str(p)!r} holds no prompts")
-    return prompts
-
-
-def load_model(name_or_dir: str, device: str | None = None) -> Any:
-    """Load a model for the CLI through :func:`lineas_tl.models.load` (offline)."""
-    from lineas_tl import models
-
-    with _quiet_stdout():
-        return models.load(name_or_dir, device=device)
-
-
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Load quietly: no weight-loading bars, and any printed notice goes to stderr, not stdout."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        hf_logging = None
-    was_enabled = hf_logging.is_progress_bar_enabled() if hf_logging is not None else False
-    if hf_logging is not None:
-        hf_logging.disable_progress_bar()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if hf_logging is not None and was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_params(params: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in params or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
-
-
-def _check_hparams(method: str, hparams: dict[str, Any]) -> None:
-    from lineas_tl.methods import METHODS
-
-    if method not in METHODS:
-        raise CLIError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    params = inspect.signature(METHODS[method]).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise CLIError(
-            f"method {method!r} has no hyper-parameter {', '.join(map(repr, unknown))} "
-            f"(it takes: {', '.join(accepted) or 'none'})"
-        )
-
-
-def _parse_strength(text: str) -> float | str:
-    if text.strip().lower() == "calibrated":
-        return "calibrated"
-    try:
-        return float(text)
-    except ValueError as err:
-        raise CLIError(f"--strength expects a number or 'calibrated', got {text!r}") from err
-
-
-def _parse_strengths(text: str) -> list[float]:
-    try:
-        values = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        raise CLIError(f"--strengths expects numbers separated by commas, got {text!r}") from err
-    if not values:
-        raise CLIError("--strengths is empty")
-    return values
-
-
-# ----------------------------------------------------------------------------- commands
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Embedded model name (smollm2-135m) or a local Hugging Face model directory.",
-    ),
-]
-DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (default: TransformerLens' choice).")]
+__all__ = ["app", "main", "read_prompts"]
 
 
 @app.command()
-@_friendly
+@friendly
 def fit(
     source: Annotated[
         Path, typer.Option(help="Prompts with the behaviour to steer away from (one per line, or .json).")
@@ -235,14 +83,14 @@ def fit(
     from lineas_tl.steerer import HookedSteerer
 
     src, tgt = read_prompts(source), read_prompts(target)
-    hparams = _parse_params(param)
+    hparams = parse_params(param)
     if steps is not None:
         hparams["steps"] = steps
     if seed is not None:
         hparams["seed"] = seed
     if preset is not None:
         hparams["preset"] = preset
-    _check_hparams(method, hparams)
+    check_hparams(method, hparams)
     lm = load_model(model, device)
     steerer = HookedSteerer(lm, sites or None, pooling=pooling)  # type: ignore[arg-type]
     steerer.fit(src, tgt, method=method, progress=progress, **hparams)
@@ -255,7 +103,7 @@ def fit(
 
 
 @app.command()
-@_friendly
+@friendly
 def generate(
     steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
     model: ModelOpt = "smollm2-135m",
@@ -291,7 +139,7 @@ def generate(
         raise CLIError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
     if max_new_tokens < 1 or batch_size < 1:
         raise CLIError("--max-new-tokens and --batch-size must be at least 1")
-    asked = _parse_strength(strength)
+    asked = parse_strength(strength)
     read_metadata(steerer)  # fail fast, before loading the model
     lm = load_model(model, device)
     st = HookedSteerer.load(steerer, lm)
@@ -332,7 +180,7 @@ def generate(
 
 
 @app.command()
-@_friendly
+@friendly
 def compare(
     model: ModelOpt = "smollm2-135m",
     concept: Annotated[
@@ -399,11 +247,11 @@ def compare(
         src,
         tgt,
         methods=methods,
-        strengths=_parse_strengths(strengths),
+        strengths=parse_strengths(strengths),
         eval_prompts=evals,
         scorer=scorer,
         method_kwargs=method_kwargs,
-        extra_strengths=_parse_strengths(extra_strengths) if extra_strengths.strip() else (),
+        extra_strengths=parse_strengths(extra_strengths) if extra_strengths.strip() else (),
         generation=generation,
         target_eval_prompts=held_out_target,
         seed=seed,
@@ -419,79 +267,7 @@ def compare(
 
 
 @app.command()
-@_friendly
-def export(
-    steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New file (gguf, control-vector) or directory (hf).")],
-    model: ModelOpt = "smollm2-135m",
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="gguf (weights folded, llama.cpp/Ollama), control-vector, or hf.")
-    ] = "hf",
-    strength: Annotated[str, typer.Option(help="Steering strength to fold in: a number or 'calibrated'.")] = "1.0",
-    inverse: Annotated[bool, typer.Option(help="Fold the inverse map (induce the concept).")] = False,
-    source_gguf: Annotated[
-        Path | None, typer.Option(help="gguf: the GGUF the model was loaded from (default: the one --model names).")
-    ] = None,
-    device: DeviceOpt = None,
-) -> None:
-    """Write a saved steerer for serving: a GGUF with the steering folded in, a control vector, or an HF model."""
-    from lineas_tl.export import FORMATS, export as export_steerer
-    from lineas_tl.io import read_metadata
-    from lineas_tl.steerer import HookedSteerer
-
-    if format not in FORMATS:
-        raise CLIError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
-    value = _parse_strength(strength)
-    if source_gguf is not None and not source_gguf.is_file():
-        raise CLIError(f"--source-gguf {str(source_gguf)!r} does not exist")
-    read_metadata(steerer)
-    lm = load_model(model, device)
-    st = HookedSteerer.load(steerer, lm)
-    with _quiet_stdout():
-        path = export_steerer(st, out, format, value, inverse=inverse, source=source_gguf)
-    shown = value if isinstance(value, str) else f"{value:g}"
-    typer.echo(f"wrote the steered model (strength {shown}{', inverse' if inverse else ''}) as {format} to {path}")
-
-
-@app.command()
-@_friendly
-def calibrate(
-    steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer (updated in place).")],
-    model: ModelOpt = "smollm2-135m",
-    texts: Annotated[
-        Path | None,
-        typer.Option(help="Calibration texts (one per line, or .json). Default: 32 held-out Wikipedia paragraphs."),
-    ] = None,
-    max_ppl_increase: Annotated[float, typer.Option(help="Perplexity budget: 0.05 = at most +5%.")] = 0.05,
-    max_strength: Annotated[float, typer.Option(help="Largest strength considered (2 allows extrapolation).")] = 1.0,
-    inverse: Annotated[bool, typer.Option(help="Calibrate the inverse map (inducing the concept).")] = False,
-    device: DeviceOpt = None,
-) -> None:
-    """Find the largest strength within a perplexity budget; save it with the steerer (--strength calibrated)."""
-    from lineas_tl.io import read_metadata
-    from lineas_tl.steerer import HookedSteerer
-
-    read_metadata(steerer)
-    if texts is not None:
-        calibration_texts = read_prompts(texts)
-    else:
-        from lineas_tl.concepts import reference_text
-
-        calibration_texts = reference_text(n=32, seed=0, max_words=64)
-    lm = load_model(model, device)
-    st = HookedSteerer.load(steerer, lm)
-    st.calibrate(calibration_texts, max_ppl_increase, max_strength=max_strength, inverse=inverse)
-    st.save(steerer)
-    rec = st.calibration_
-    assert rec is not None
-    typer.echo(
-        f"calibrated strength {rec.strength:.4g}: perplexity {rec.perplexity:.4g} vs {rec.base_perplexity:.4g} "
-        f"unsteered (budget +{100 * max_ppl_increase:g}%, {rec.n_texts} texts); saved to {steerer}"
-    )
-
-
-@app.command()
-@_friendly
+@friendly
 def info(steerer: Annotated[Path, typer.Argument(help="Directory of a saved steerer.")]) -> None:
     """Describe a saved steerer: method, sites, hyper-parameters, the model it was fitted on."""
     from lineas_tl.io import read_metadata
@@ -515,7 +291,7 @@ def info(steerer: Annotated[Path, typer.Argument(help="Directory of a saved stee
 
 
 @app.command()
-@_friendly
+@friendly
 def demo(
     model: ModelOpt = "smollm2-135m",
     concept: Annotated[str, typer.Option(help="Concept to steer (toxicity, sentiment, style).")] = "toxicity",

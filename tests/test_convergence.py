@@ -105,7 +105,8 @@ def test_presets_and_overrides(native_model):
     source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
     s = HookedSteerer(native_model).fit(source, target, preset="paper", steps=3, progress=False, warn=False)
     assert s.history_["config"] == {
-        "steps": 3, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity"
+        "steps": 3, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity",
+        "warmup": 0,
     }
     assert s.history_["lr"][0] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="unknown preset"):
@@ -123,6 +124,17 @@ def test_standardised_shift_is_only_a_reparametrisation(native_model):
     assert raw.history_["loss"][0] == pytest.approx(std.history_["loss"][0])
     assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in std.maps_.values())
     assert not any(type(m).__name__.startswith("Parametrized") for m in std.maps_.values())
+
+
+def test_standardised_omega_and_warmup_options(native_model):
+    source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
+    s = HookedSteerer(native_model).fit(source, target, standardize="both", warmup=5, steps=30, gamma=1e-3,
+                                        progress=False, warn=False)
+    h = s.history_
+    assert h["lr"][:5] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3, 1e-2])
+    assert h["final_loss"] < h["identity_loss"]
+    assert all(type(m).__name__ == "AffineMap" for m in s.maps_.values())  # plain maps again
+    assert any(float((m.weight - 1).abs().max()) > 0 for m in s.maps_.values())
 
 
 def test_plateau_rule_by_hand():

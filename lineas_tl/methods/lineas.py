@@ -46,8 +46,8 @@ from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, make_schedule
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"steps": 300, "lr": 1e-2, "schedule": "constant", "standardize": True, "early_stop": True, "init": "mean_act"},
-    "paper": {"steps": 1000, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity"},
+    "fast": {"steps": 300, "lr": 1e-2, "schedule": "constant", "standardize": True, "early_stop": True, "init": "mean_act", "warmup": 0},
+    "paper": {"steps": 1000, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity", "warmup": 0},
 }
 
 
@@ -65,6 +65,20 @@ class _Scaled(nn.Module):
         return b / self.scale
 
 
+class _Offset(nn.Module):
+    """``omega = 1 + scale * alpha``: the optimiser sees ``alpha``, the map still holds ``omega``."""
+
+    def __init__(self, scale: Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, alpha: Tensor) -> Tensor:
+        return 1 + alpha * self.scale
+
+    def right_inverse(self, omega: Tensor) -> Tensor:
+        return (omega - 1) / self.scale
+
+
 @register("lineas")
 def fit_lineas(
     ctx: FitContext,
@@ -76,6 +90,7 @@ def fit_lineas(
     standardize: bool | None = None,
     early_stop: bool | None = None,
     init: str | None = None,
+    warmup: int | None = None,
     tol: float = 3e-4,
     patience: int = 20,
     batch_size: int | None = None,
@@ -96,11 +111,14 @@ def fit_lineas(
         steps: the most optimisation steps (fast: 300, stops earlier once converged; paper: 1000).
         lr: learning rate (fast: 1e-2 in standardised units; paper: 1e-3).
         schedule: ``"constant"`` (fast) or ``"cosine"`` (paper: decay to lr x 1e-3 over ``steps``).
-        standardize: measure the shift in units of the target's per-coordinate standard deviation.
+        standardize: measure the shift in units of the target's per-coordinate standard deviation
+            (``True``); ``"both"`` also measures omega's deviation so that a unit step moves the
+            output by about one target std (``omega = 1 + (sigma / rms) alpha``).
         early_stop: stop once the loss has stopped falling (otherwise run all ``steps``), and return
             the maps of the lowest loss seen (``history_["final_loss"]`` is that loss).
         init: where the maps start: ``"mean_act"`` (fast), ``"identity"`` (paper) or
             ``"linear_act"`` (the closed-form local solution, without a support range).
+        warmup: steps of linear learning-rate warm-up (0: none); the plateau rule starts after it.
         tol, patience: the loss has stopped falling when its best value over the last ``patience``
             steps improved by less than ``tol`` times the total decrease so far (see
             :mod:`lineas_tl.methods.convergence`).
@@ -127,7 +145,8 @@ def fit_lineas(
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = dict(PRESETS[preset])
     given = {
-        "steps": steps, "lr": lr, "schedule": schedule, "standardize": standardize, "early_stop": early_stop, "init": init
+        "steps": steps, "lr": lr, "schedule": schedule, "standardize": standardize, "early_stop": early_stop, "init": init,
+        "warmup": warmup,
     }
     cfg.update({k: v for k, v in given.items() if v is not None})
     n_s, n_t = len(ctx.source), len(ctx.target)
@@ -143,10 +162,7 @@ def fit_lineas(
     target = ctx.pooled("target")
     maps = _initial_maps(ctx, cfg["init"])
     if cfg["standardize"]:
-        for site, m in maps.items():
-            std = target[site].std(dim=0) if target[site].shape[0] > 1 else torch.ones_like(target[site][0])
-            scale = std.clamp_min(1e-3 * float(std.max().clamp_min(1e-12))).reshape(m.feature_shape)
-            parametrize.register_parametrization(m, "bias", _Scaled(scale.to(m.bias.device)))
+        _standardize(maps, target, cfg["standardize"])
     params = [p for m in maps.values() for p in m.parameters() if p.requires_grad]
     opt = _optimizer(optimizer, params, cfg["lr"])
     sched = make_schedule(opt, cfg["schedule"], cfg["steps"])
@@ -176,6 +192,9 @@ def fit_lineas(
                 best = (value, [p.detach().clone() for p in params])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if step < cfg["warmup"]:  # a linear warm-up: Adam's first steps move every parameter by ~lr
+                for param_group in opt.param_groups:
+                    param_group["lr"] = cfg["lr"] * (step + 1) / cfg["warmup"]
             opt.step()
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
@@ -188,7 +207,7 @@ def fit_lineas(
                 support = support_by_site(maps)
                 history["support_trace"].append(sum(support.values()) / len(support))
             bar.set_postfix(loss=f"{value:.4g}")
-            if plateau.update(value) and above_floor(opt, cfg["lr"]):
+            if step >= cfg["warmup"] and plateau.update(value) and above_floor(opt, cfg["lr"]):
                 converged = True
                 if cfg["early_stop"]:
                     stop_reason = "converged"
@@ -198,8 +217,9 @@ def fit_lineas(
             for p, saved in zip(params, best[1]):
                 p.copy_(saved)
     for m in maps.values():
-        if parametrize.is_parametrized(m, "bias"):
-            parametrize.remove_parametrizations(m, "bias", leave_parametrized=True)
+        for name in ("bias", "weight"):
+            if parametrize.is_parametrized(m, name):
+                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
         m.requires_grad_(False)
     history.update(_summary(maps, history["loss"], per_site, converged, stop_reason, time.perf_counter() - started))
     if best[1]:
@@ -239,6 +259,24 @@ def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
             m.weight.copy_(local[site].weight)
             m.bias.copy_(local[site].bias)
     return maps
+
+
+def _standardize(maps: dict[str, AffineMap], target: dict[str, Tensor], how: Any) -> None:
+    """Reparametrise each map so that a unit step moves its output by about one target std.
+
+    ``b = sigma * beta``; with ``how == "both"`` also ``omega = 1 + (sigma / rms) * alpha``, since a
+    change of omega moves ``z`` by ``delta * |z|``, about ``delta * rms`` (rms: the target's
+    root-mean-square value).
+    """
+    for site, m in maps.items():
+        v = target[site]
+        std = v.std(dim=0) if v.shape[0] > 1 else torch.ones_like(v[0])
+        std = std.clamp_min(1e-3 * float(std.max().clamp_min(1e-12)))
+        parametrize.register_parametrization(m, "bias", _Scaled(std.reshape(m.feature_shape).to(m.bias.device)))
+        if how == "both":
+            rms = v.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
+            ratio = (std / rms).clamp(1e-3, 1.0).reshape(m.feature_shape).to(m.weight.device)
+            parametrize.register_parametrization(m, "weight", _Offset(ratio))
 
 
 def _identity_loss(ctx: FitContext, target: dict[str, Tensor], bs: int, backend: Backend) -> float:
@@ -285,15 +323,17 @@ def _summary(
 def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
     """Sparse-group-lasso proximal step on each map's deviation from the identity.
 
-    With a standardised shift the step applies to the optimised parameter (the shift in target
+    With a standardised map the step applies to the optimised parameters (the deviations in target
     standard deviations), so the penalty does not favour low-variance coordinates.
     """
     with torch.no_grad():
         for m in maps.values():
-            delta = m.weight - 1
-            prox_sparse_group_lasso(delta, tau_l1, tau_group)
-            m.weight.copy_(delta + 1)
-            if parametrize.is_parametrized(m, "bias"):
-                prox_sparse_group_lasso(m.parametrizations.bias.original, tau_l1, tau_group)
-            else:
-                prox_sparse_group_lasso(m.bias, tau_l1, tau_group)
+            for name in ("weight", "bias"):
+                if parametrize.is_parametrized(m, name):
+                    prox_sparse_group_lasso(getattr(m.parametrizations, name).original, tau_l1, tau_group)
+                elif name == "weight":
+                    delta = m.weight - 1
+                    prox_sparse_group_lasso(delta, tau_l1, tau_group)
+                    m.weight.copy_(delta + 1)
+                else:
+                    prox_sparse_group_lasso(m.bias, tau_l1, tau_group)

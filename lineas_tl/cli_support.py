@@ -1,0 +1,181 @@
+"""What every ``lineas-tl`` command shares: one-line errors, prompt files, model loading, option parsing."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="lineas-tl",
+    help="LinEAS activation steering for TransformerLens models: fit, generate, compare, export, demo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors that mean "bad input": shown as one line, exit status 1.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    RuntimeError,
+    FloatingPointError,
+    ImportError,
+)
+
+
+class CLIError(ValueError):
+    """Bad command-line input, reported as one line."""
+
+
+def _one_line(err: BaseException) -> str:
+    msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    msg = " ".join(msg.split()) or type(err).__name__
+    return msg
+
+
+def friendly(fn: F) -> F:
+    """Run a command, turning library errors into ``error: ...`` on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except _USER_ERRORS as err:
+            if os.environ.get("LINEAS_TL_DEBUG"):
+                raise
+            typer.echo(f"error: {_one_line(err)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- helpers
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """Read prompts from a text file (one per line, blank lines ignored) or a ``.json`` list."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise CLIError(f"prompt file {str(p)!r} is a directory; pass a text or .json file")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{p} is not valid JSON ({err})") from err
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise CLIError(f"{p} must hold a JSON list of strings")
+        prompts = [x for x in data if x.strip()]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"prompt file {str(p)!r} holds no prompts")
+    return prompts
+
+
+def load_model(name_or_dir: str, device: str | None = None) -> Any:
+    """Load a model for the CLI through :func:`lineas_tl.models.load` (offline)."""
+    from lineas_tl import models
+
+    with quiet_stdout():
+        return models.load(name_or_dir, device=device)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Load quietly: no weight-loading bars, and any printed notice goes to stderr, not stdout."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        hf_logging = None
+    was_enabled = hf_logging.is_progress_bar_enabled() if hf_logging is not None else False
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if hf_logging is not None and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_params(params: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in params or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def check_hparams(method: str, hparams: dict[str, Any]) -> None:
+    from lineas_tl.methods import METHODS
+
+    if method not in METHODS:
+        raise CLIError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    params = inspect.signature(METHODS[method]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise CLIError(
+            f"method {method!r} has no hyper-parameter {', '.join(map(repr, unknown))} "
+            f"(it takes: {', '.join(accepted) or 'none'})"
+        )
+
+
+def parse_strength(text: str) -> float | str:
+    if text.strip().lower() == "calibrated":
+        return "calibrated"
+    try:
+        return float(text)
+    except ValueError as err:
+        raise CLIError(f"--strength expects a number or 'calibrated', got {text!r}") from err
+
+
+def parse_strengths(text: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise CLIError(f"--strengths expects numbers separated by commas, got {text!r}") from err
+    if not values:
+        raise CLIError("--strengths is empty")
+    return values
+
+
+# ----------------------------------------------------------------------------- commands
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Embedded model name (smollm2-135m) or a local Hugging Face model directory.",
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (default: TransformerLens' choice).")]
+
+
