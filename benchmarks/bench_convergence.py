@@ -30,6 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RECIPES = {"paper": {"preset": "paper"}, "default": {}}
+TABLE_START, TABLE_END = "<!-- table -->", "<!-- /table -->"
 
 
 def fit_all(model, concept: str, out: Path, recipes: list[str]) -> dict[str, dict]:
@@ -106,6 +107,19 @@ def concept_scores(model, concept: str, out: Path, recipes: list[str], samples: 
     return results
 
 
+def perplexities(model, concept: str, out: Path, recipes: list[str]) -> dict[str, float]:
+    """Perplexity on 32 held-out Wikipedia paragraphs, unsteered and with each recipe at strength 1."""
+    from lineas_tl import HookedSteerer
+    from lineas_tl.concepts import reference_text
+    from lineas_tl.evaluate import perplexity
+
+    texts = reference_text(n=32, seed=0, max_words=64)
+    result = {"unsteered": perplexity(model, texts)}
+    for name in recipes:
+        result[name] = perplexity(model, texts, steerer=HookedSteerer.load(out / concept / name, model), strength=1.0)
+    return result
+
+
 def _generate_plain(model, prompts, kw):
     from lineas_tl.runner import get_runner
 
@@ -138,12 +152,14 @@ def main() -> None:
         l0 = identity_loss(model, concept)
         ref = hist["paper"]["final_loss"] if "paper" in hist else None
         scores = {} if args.no_score else concept_scores(model, concept, out, recipes, args.samples, args.n_eval)
+        ppl = {} if args.no_score else perplexities(model, concept, out, recipes)
         for name in recipes:
             h = hist[name]
             reach = time_to(h, l0 - 0.95 * (l0 - ref)) if ref is not None else None
             rows.append({"concept": concept, "recipe": name, "identity_loss": l0, **{k: h[k] for k in (
                 "steps", "seconds", "final_loss", "converged", "max_abs_omega_minus_1", "max_abs_b")},
-                "time_to_95": reach, "score": scores.get(name), "unsteered": scores.get("unsteered")})
+                "time_to_95": reach, "score": scores.get(name), "unsteered": scores.get("unsteered"),
+                "ppl": ppl.get(name), "ppl_unsteered": ppl.get("unsteered")})
     for concept in {r["concept"] for r in rows}:
         (out / concept / "rows.json").write_text(json.dumps([r for r in rows if r["concept"] == concept], indent=1))
     for r in rows:
@@ -157,8 +173,8 @@ def write_report(out: Path, path: Path) -> None:
     """The time-to-quality table from every ``<out>/<concept>/rows.json`` and the saved histories."""
     lines = [
         "| concept | recipe | steps | wall time | final loss (identity) | steps / time to 95% of the paper's reduction "
-        "| steps / time to within 10% of the paper's final loss | converged | max abs(omega-1), max abs(b) | score at strength 1 [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| steps / time to within 10% of the paper's final loss | converged | max abs(omega-1), max abs(b) | score at strength 1 [95% CI] | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rows_file in sorted(out.glob("*/rows.json")):
         rows = json.loads(rows_file.read_text())
@@ -173,13 +189,18 @@ def write_report(out: Path, path: Path) -> None:
             if r["recipe"] == rows[0]["recipe"] and r.get("unsteered"):
                 u = r["unsteered"]
                 cell_u = f"{u[0]:.3f} [{u[1]:.3f}, {u[2]:.3f}]"
-                lines.append(f"| {r['concept']} | unsteered | | | {l0:.4g} | | | | | {cell_u} |")
+                lines.append(f"| {r['concept']} | unsteered | | | {l0:.4g} | | | | | {cell_u} | {_num(r.get('ppl_unsteered'))} |")
             lines.append(
                 f"| {r['concept']} | {r['recipe']} | {r['steps']} | {r['seconds']:.0f} s | {r['final_loss']:.4g} | "
                 f"{_fmt(at95)} | {_fmt(at10)} | {r['converged']} | "
-                f"{r['max_abs_omega_minus_1']:.3g}, {r['max_abs_b']:.3g} | {cell} |"
+                f"{r['max_abs_omega_minus_1']:.3g}, {r['max_abs_b']:.3g} | {cell} | {_num(r.get('ppl'))} |"
             )
-    path.write_text("\n".join(lines) + "\n")
+    table = "\n".join(lines) + "\n"
+    text = path.read_text() if path.exists() else ""
+    if TABLE_START in text and TABLE_END in text:  # keep the prose around the table
+        head, rest = text.split(TABLE_START, 1)
+        table = head + TABLE_START + "\n" + table + TABLE_END + rest.split(TABLE_END, 1)[1]
+    path.write_text(table)
     print(f"wrote {path}")
 
 
@@ -188,6 +209,10 @@ def _first(history: dict, threshold: float) -> tuple[int, float] | None:
         if loss <= threshold:
             return step + 1, t
     return None
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
 
 
 def _fmt(hit: tuple[int, float] | None) -> str:

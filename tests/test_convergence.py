@@ -149,3 +149,6 @@ def test_plateau_rule_by_hand():
     # gain 4 over two steps is under 10% of the 94 gained since the reference: a plateau
     assert [warm.update(x) for x in (10.0, 8.0, 6.0)] == [False, False, True]
     assert not Plateau(tol=0.1, patience=2).update(1.0)
+    # a spike after a warm start: the best stays at 10, but the loss is still falling back
+    spike = Plateau(tol=0.1, patience=2, reference=20.0)
+    assert [spike.update(x) for x in (10.0, 30.0, 25.0, 20.0, 15.0, 10.5, 10.4, 10.3)] == [False] * 7 + [True]

@@ -228,6 +228,24 @@ def test_newer_format_asks_for_an_upgrade(native_model, tmp_path):
         HookedSteerer.load(tmp_path / "s", native_model)
 
 
+def test_a_steerer_saved_by_the_first_release_still_loads(native_model, tmp_path):
+    """Format 1 as the first release wrote it: no calibration key, no ranges, no front maps, and
+    the old 100-step hyper-parameters."""
+    sets = _token_sets()
+    s = HookedSteerer(native_model).fit(sets["source"], sets["target"], steps=3, progress=False, warn=False)
+    s.save(tmp_path / "s")
+    meta_file = tmp_path / "s" / "steerer.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["calibration"]
+    meta["hparams"] = {"steps": 100, "lr": 0.001}
+    meta["history"] = {"loss": [1.0, 0.5]}
+    meta_file.write_text(json.dumps(meta))
+    loaded = HookedSteerer.load(tmp_path / "s", native_model)
+    assert loaded.calibrated_strength_ is None and loaded.hparams_ == {"steps": 100, "lr": 0.001}
+    for site, m in s.maps_.items():
+        assert torch.equal(loaded.maps_[site].weight, m.weight) and loaded.maps_[site].lo is None
+
+
 # ----------------------------------------------------------------------------- interrupted saves
 @pytest.mark.parametrize("stage", ["maps", "json"])
 def test_interrupted_save_leaves_nothing_loadable(native_model, tmp_path, monkeypatch, stage):

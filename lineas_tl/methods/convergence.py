@@ -2,9 +2,9 @@
 
 A fit is done when its loss stops falling, not when a step count runs out. The rule is relative to
 the progress made, so it depends neither on the loss's scale nor on where a warm start began: the
-loss is on a *plateau* when its best value improved, over the last ``patience`` steps, by less than
-``tol`` times the total decrease so far, measured from the loss of the identity maps (the untouched
-model). In words, with the defaults: the last 20 steps gained less than 0.03% of what the fit has
+loss is on a *plateau* when, over the last ``patience`` steps, its best value fell, and the loss
+itself moved, by at most ``tol`` times the total decrease so far, measured from the loss of the
+identity maps (the untouched model). In words, with the defaults: the last 20 steps gained less than 0.03% of what the fit has
 gained.
 
 A fit with ``early_stop`` ends at the first plateau. A fixed schedule (``"cosine"``) runs all its
@@ -56,14 +56,18 @@ class Plateau:
         self.patience = patience
         self.reference = reference
         self.best: list[float] = []
+        self.seen: list[float] = []
 
     def update(self, loss: float) -> bool:
         if self.reference is None:
             self.reference = loss
+        self.seen.append(loss)
         self.best.append(min(loss, self.best[-1]) if self.best else loss)
         if len(self.best) <= self.patience:
             return False
-        gain = self.best[-1 - self.patience] - self.best[-1]
+        # a loss that spiked (Adam's first steps after a warm start) and is still moving, up or back
+        # down, is not on a plateau even while it has not beaten its best
+        gain = max(self.best[-1 - self.patience] - self.best[-1], abs(self.seen[-1 - self.patience] - self.seen[-1]))
         return gain <= self.tol * max(self.reference - self.best[-1], 0.0)
 
 
