@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lineas_tl.atomic import atomic_write
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -208,14 +210,7 @@ def main() -> None:
     if args.quick:
         print(text)
         return
-    fd, tmp = tempfile.mkstemp(dir=OUT.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text)
-        os.replace(tmp, OUT)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(OUT, lambda tmp: Path(tmp).write_text(text))
     print(text)
 
 

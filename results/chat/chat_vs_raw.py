@@ -28,9 +28,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from lineas_tl.atomic import atomic_write
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -162,14 +163,7 @@ def main() -> None:
         print(text)
         return
     for path, content in ((HERE / "RESULTS.md", text), (HERE / "results.json", json.dumps(rows, indent=1))):
-        fd, tmp = tempfile.mkstemp(dir=HERE, suffix=".tmp")
-        os.close(fd)
-        try:
-            Path(tmp).write_text(content)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
     print(text)
 
 
