@@ -114,8 +114,9 @@ def fit_lineas(
         standardize: measure the shift in units of the target's per-coordinate standard deviation
             (``True``); ``"both"`` also measures omega's deviation so that a unit step moves the
             output by about one target std (``omega = 1 + (sigma / rms) alpha``).
-        early_stop: stop once the loss has stopped falling (otherwise run all ``steps``), and return
-            the maps of the lowest loss seen (``history_["final_loss"]`` is that loss).
+        early_stop: stop once the loss has stopped falling (otherwise run all ``steps``); with the
+            full prompt sets in every step and ``gamma=0``, return the maps of the lowest loss seen
+            (``history_["final_loss"]`` is that loss).
         init: where the maps start: ``"mean_act"`` (fast), ``"identity"`` (paper) or
             ``"linear_act"`` (the closed-form local solution, without a support range).
         warmup: steps of linear learning-rate warm-up (0: none); the plateau rule starts after it.
@@ -175,6 +176,9 @@ def fit_lineas(
     stop_reason = "steps"
     per_site: dict[str, float] = {}
     best: tuple[float, list[Tensor]] = (float("inf"), [])
+    # the best iterate is only well defined for a full-batch loss without a penalty (the prox step
+    # trades loss for sparsity; a minibatch loss is noisy)
+    keep_best = cfg["early_stop"] and gamma == 0 and bs == n_s == n_t
     bar = tqdm(range(cfg["steps"]), desc="LinEAS", disable=not ctx.progress)
     with _checkpointing(ctx.model, checkpoint):
         for step in bar:
@@ -188,7 +192,7 @@ def fit_lineas(
                 raise FloatingPointError(
                     f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='paper'"
                 )
-            if cfg["early_stop"] and value < best[0]:
+            if keep_best and value < best[0]:
                 best = (value, [p.detach().clone() for p in params])
             opt.zero_grad(set_to_none=True)
             loss.backward()
