@@ -8,6 +8,7 @@ Examples::
     lineas-tl calibrate --model smollm2-135m --steerer steerers/detox --max-ppl-increase 0.05
     lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength calibrated
     lineas-tl info steerers/detox
+    lineas-tl frontier results/toxicity/comparison.csv --select calibrated
     lineas-tl export --model smollm2-135m --steerer steerers/detox --format gguf --out smollm2-detox.gguf
     lineas-tl demo --quick
 
@@ -264,6 +265,32 @@ def compare(
     typer.echo(evaluate.format_frontier(table.attrs["frontier"]).to_string(index=False))
     if out is not None:
         typer.echo(f"wrote {out / 'comparison.csv'}, {out / 'frontier.csv'} and {out / 'tradeoff.png'}")
+
+
+@app.command()
+@friendly
+def frontier(
+    table: Annotated[Path, typer.Argument(help="A comparison.csv written by `compare` or `demo`.")],
+    budget: Annotated[
+        list[float] | None, typer.Option(help="Perplexity budget, e.g. 0.05 for +5% (repeatable; default 0.05 0.1 0.25).")
+    ] = None,
+    select: Annotated[
+        str, typer.Option(help="best: the lowest score within the budget; calibrated: the strongest strength before "
+                          "the first over it (chosen by perplexity alone).")  # fmt: skip
+    ] = "best",
+    column: Annotated[str, typer.Option(help="score_out (held-out prompts) or score_in (fit prompts).")] = "score_out",
+) -> None:
+    """Summarise a saved comparison table again: each method's score within perplexity budgets."""
+    import pandas as pd
+
+    from lineas_tl import evaluate
+
+    if not table.is_file():
+        raise CLIError(f"{table} is not a file; pass the comparison.csv of a `compare` or `demo` run")
+    summary = evaluate.frontier_summary(
+        pd.read_csv(table), tuple(budget) if budget else evaluate.DEFAULT_BUDGETS, column, select=select
+    )
+    typer.echo(evaluate.format_frontier(summary).to_string(index=False))
 
 
 @app.command()

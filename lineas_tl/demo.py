@@ -25,6 +25,7 @@ from typing import Any
 
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
 
+CALIBRATED_TITLE = "At the calibrated strength: the strongest before the first over each budget"
 METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -100,7 +101,7 @@ def main(
     """
     from lineas_tl import models
     from lineas_tl.concepts import get_concept, reference_text
-    from lineas_tl.evaluate import compare, format_frontier
+    from lineas_tl.evaluate import compare, format_frontier, frontier_summary
 
     if quick and full:
         raise ValueError("choose one of quick and full")
@@ -138,6 +139,7 @@ def main(
     )
     seconds = time.perf_counter() - started
     frontier = format_frontier(table.attrs["frontier"])
+    calibrated = format_frontier(frontier_summary(table, column=table.attrs["frontier_column"], select="calibrated"))
     ceiling = table.attrs["ceiling"]
     print(_sweep_view(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"\n{c.name}: {c.description}")
@@ -145,10 +147,12 @@ def main(
           f"{ceiling['score_out']:.3f} [{ceiling['score_out_lo']:.3f}, {ceiling['score_out_hi']:.3f}]")  # fmt: skip
     print("\nFrontier: best held-out score within each perplexity budget (score [95% CI] @ strength)")
     print(frontier.to_string(index=False))
+    print(f"\n{CALIBRATED_TITLE}")
+    print(calibrated.to_string(index=False))
     if not table.attrs["protocol"]["complete"]:
         print(f"(the sweep was cut short by --time-limit: {table.attrs['protocol']['rows_done']} of "
               f"{table.attrs['protocol']['rows_planned']} rows)")  # fmt: skip
-    _write_results(out / "RESULTS.md", table, frontier, c, model, seconds)
+    _write_results(out / "RESULTS.md", table, frontier, calibrated, c, model, seconds)
     print(f"\nwrote {out}/comparison.csv, frontier.csv, tradeoff.png and RESULTS.md ({seconds:.0f} s)")
     return table
 
@@ -163,13 +167,30 @@ def _sweep_view(table: Any) -> Any:
     return table[[c for c in cols if c in table]]
 
 
+def _lineas_fit_line(history: dict[str, Any] | None) -> list[str]:
+    """How the LinEAS fit ended (a reader must see that it converged), or nothing without LinEAS."""
+    if not history or "steps" not in history:
+        return []
+    state = "converged" if history["converged"] else "**did not converge**"
+    warm = history.get("warm_start_loss")
+    start = f"warm start {warm:.4g}, " if warm is not None else ""
+    return [
+        f"LinEAS fit: {history['steps']} steps, {state} (stop: {history['stop_reason']}); loss of the identity "
+        f"maps {history['identity_loss']:.4g}, {start}started from {history.get('init_used', 'n/a')}, final "
+        f"{history['final_loss']:.4g}.",
+        "",
+    ]
+
+
 def _command() -> str:
     if sys.argv and Path(sys.argv[0]).name in ("lineas-tl", "cli.py", "__main__.py"):
         return "lineas-tl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return "python -m lineas_tl.demo"
 
 
-def _write_results(path: Path, table: Any, frontier: Any, concept: Any, model: str, seconds: float) -> None:
+def _write_results(
+    path: Path, table: Any, frontier: Any, calibrated: Any, concept: Any, model: str, seconds: float
+) -> None:
     p = table.attrs["protocol"]
     fits = table.groupby("method", sort=False)["fit_seconds"].first().dropna()
     limit = p["max_scored_ppl_increase"]
@@ -194,12 +215,21 @@ def _write_results(path: Path, table: Any, frontier: Any, concept: Any, model: s
         "",
         frontier.to_markdown(index=False),
         "",
+        f"## {CALIBRATED_TITLE}",
+        "",
+        "The lowest of a method's noisy scores favours methods with more strengths inside a budget. Here each "
+        "method is read at the strength a calibration would pick on the sweep's grid, by perplexity alone: the "
+        "strongest before the first strength over the budget.",
+        "",
+        calibrated.to_markdown(index=False),
+        "",
         "## Every row",
         "",
         _sweep_view(table).to_markdown(index=False, floatfmt=".3f"),
         "",
         "Fit time (s): " + ", ".join(f"{m} {s:.0f}" for m, s in fits.items()),
         "",
+        *_lineas_fit_line(table.attrs["histories"].get("lineas")),
     ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))

@@ -8,6 +8,7 @@ collector and the fitting loop read exactly what the next layer receives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,3 +112,25 @@ class PoolingRecorder:
             )
         self.store[self.site] = pooled.float()
         return act
+
+
+@dataclass
+class FitThenSteer:
+    """Pools the activation reaching a site, asks ``fit`` for the site's map, and applies it.
+
+    With every prompt of a set in one batch, these hooks fit an incremental method (each site on
+    activations already moved by the maps fitted upstream) in a single forward pass: site ``l``'s
+    map is fitted before the activations flow on to site ``l + 1``. ``fit(site, pooled)`` receives
+    ``[batch, n_features]`` float32 and returns the fitted map.
+    """
+
+    site: str
+    runner: Any
+    how: Pooling
+    mask: Int[Tensor, "batch pos"] | None
+    fit: Callable[[str, Tensor], AffineMap]
+
+    def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
+        axis, shape = self.runner.features(self.site, act)
+        pooled = pool(act.detach(), shape, axis, self.mask, self.how).float().flatten(1)
+        return SteeringHook(self.fit(self.site, pooled))(act, hook=hook)

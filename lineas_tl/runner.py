@@ -154,6 +154,31 @@ class TokenSequences:
         )
 
 
+class _SitesReached(Exception):
+    """Raised by :func:`_stop_after`'s hooks once every requested site has run."""
+
+
+def _stop_after(sites: Sequence[str]) -> list[Hook]:
+    """Hooks that end the forward pass (with :class:`_SitesReached`) once every site in ``sites`` ran.
+
+    They raise once: when activation checkpointing recomputes a block in the backward pass and
+    fires its hooks again, they let it through.
+    """
+    pending, fired = set(sites), [False]
+
+    def after(site: str) -> Callable[..., Any]:
+        def hook(act: Tensor, *, hook: Any) -> Tensor:
+            pending.discard(site)
+            if not pending and not fired[0]:
+                fired[0] = True
+                raise _SitesReached
+            return act
+
+        return hook
+
+    return [(s, after(s)) for s in dict.fromkeys(sites)]
+
+
 class LanguageModelRunner:
     """Runs a TransformerLens language model (``TransformerBridge`` or any ``HookedRootModule``).
 
@@ -257,10 +282,17 @@ class LanguageModelRunner:
                 kwargs["stop_at_layer"] = stop
         if self._takes_return_type and "stop_at_layer" not in kwargs:
             kwargs["return_type"] = None if sites is not None else "logits"
+        if sites is not None and "stop_at_layer" not in kwargs:
+            # The last block is needed, but nothing after the last site is: stop there instead of
+            # computing the final norm and the logits (a quarter of SmolLM2's forward pass).
+            hooks = [*hooks, *_stop_after(sites)]
         if self._takes_use_cache:
             kwargs["use_cache"] = False
-        with self.model.hooks(fwd_hooks=hooks):
-            return self.model(tokens, **kwargs)
+        try:
+            with self.model.hooks(fwd_hooks=hooks):
+                return self.model(tokens, **kwargs)
+        except _SitesReached:
+            return None
 
     def features(self, site: str, act: Tensor) -> tuple[int, tuple[int, ...]]:
         """Language-model activations are ``[batch, pos, *features]``."""

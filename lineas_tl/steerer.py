@@ -85,7 +85,7 @@ class HookedSteerer:
         target_prompts: Any,
         method: str = "lineas",
         *,
-        collect_batch_size: int = 16,
+        collect_batch_size: int = 32,
         progress: bool = True,
         chat: bool = False,
         **hparams: Any,
@@ -96,7 +96,9 @@ class HookedSteerer:
             source_prompts: prompts with the behaviour to steer away from (e.g. toxic).
             target_prompts: prompts with the behaviour to steer towards.
             method: a name from :data:`lineas_tl.methods.METHODS` (``"lineas"``, ``"linear_act"``, ...).
-            collect_batch_size: prompts per forward pass when reading activations.
+            collect_batch_size: prompts per forward pass when reading activations (no gradient). An
+                incremental fit (Mean-AcT, Linear-AcT, LinEAS's warm start) runs in one forward pass when
+                every source prompt fits in one batch, else in one pass per site.
             progress: show progress bars.
             chat: render string prompts as one-message user conversations with the tokenizer's chat
                 template (prompts that are already conversations are always rendered).

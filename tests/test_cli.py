@@ -112,6 +112,10 @@ def test_compare_tabulates_methods(gpt2_dir, prompt_files, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     assert "mean_act" in result.stdout and "perplexity" in result.stdout
     assert (tmp_path / "cmp" / "comparison.csv").exists()
+    again = invoke("frontier", tmp_path / "cmp" / "comparison.csv", "--select", "calibrated", "--budget", "0.5")
+    assert again.exit_code == 0, again.output
+    assert "mean_act" in again.stdout and "≤ +50% ppl" in again.stdout
+    assert_one_line_error(invoke("frontier", tmp_path / "none.csv"), "is not a file")
 
 
 def test_info_describes_the_steerer(saved_steerer):
@@ -121,7 +125,7 @@ def test_info_describes_the_steerer(saved_steerer):
     assert "blocks.0.attn.hook_out  affine (32,)" in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["generate"], ["compare"], ["export"], ["demo"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["fit"], ["generate"], ["compare"], ["export"], ["demo"], ["info"], ["frontier"]])
 def test_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0

@@ -35,16 +35,20 @@ def test_padded_tensor_with_mask_equals_lists(native_model):
 
 
 def test_stops_after_deepest_site(native_model):
+    # Nothing after the deepest site runs: by stop_at_layer before a later block, and by stopping at
+    # the site itself when it is in the last block (no final norm, no logits).
     reached = []
-    last = native_model.hook_dict["blocks.2.hook_out"]
-    last.add_hook(lambda act, hook: reached.append(hook.name))
+    watched = [native_model.hook_dict[name] for name in ("blocks.2.hook_in", "blocks.2.hook_out", "ln_final.hook_in")]
+    for hp in watched:
+        hp.add_hook(lambda act, hook: reached.append(hook.name))
     try:
         collect_activations(native_model, [[1, 2, 3]], "blocks.0.hook_mlp_out", progress=False)
         assert reached == []
-        collect_activations(native_model, [[1, 2, 3]], "blocks.2.hook_mlp_out", progress=False)
-        assert reached  # the last block ran
+        out = collect_activations(native_model, [[1, 2, 3]], "blocks.2.hook_mlp_out", progress=False)
+        assert reached == ["blocks.2.hook_in"] and out["blocks.2.mlp.hook_out"].shape[0] == 1
     finally:
-        last.remove_hooks()
+        for hp in watched:
+            hp.remove_hooks()
 
 
 def test_maps_steer_collection(native_model):

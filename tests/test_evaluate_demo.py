@@ -16,10 +16,13 @@ def test_demo_writes_the_frontier_and_results(gpt2_dir, tmp_path, capsys) -> Non
     table = main(str(gpt2_dir), "sentiment", out=tmp_path, methods=("lineas", "iti"), config=cfg)
     printed = capsys.readouterr().out
     assert "Frontier" in printed and "≤ +5% ppl" in printed and "Ceiling" in printed
+    assert "At the calibrated strength" in printed
     for name in ("comparison.csv", "frontier.csv", "tradeoff.png", "RESULTS.md"):
         assert (tmp_path / name).is_file()
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "## Frontier" in report and "top_p=0.3" in report and "ceiling" in report
+    assert "## Frontier" in report and "## At the calibrated strength" in report
+    assert "top_p=0.3" in report and "ceiling" in report
+    assert "LinEAS fit: 2 steps, **did not converge** (stop: steps)" in report  # 2 steps cannot converge
     # LinEAS gets the extra strength 2, ITI does not
     assert sorted(table.loc[table["method"] == "lineas", "strength"]) == [0.0, 1.0, 2.0]
     assert sorted(table.loc[table["method"] == "iti", "strength"]) == [0.0, 1.0]

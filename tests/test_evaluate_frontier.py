@@ -41,6 +41,26 @@ def test_frontier_summary_picks_the_best_admissible_row() -> None:
     assert s.loc[("c", 0.25), ["strength", "score"]].tolist() == [0.0, 0.5]
 
 
+def test_calibrated_selection_reads_the_strongest_strength_before_the_budget_is_crossed() -> None:
+    table = toy_table()
+    # d: strength 0.5 crosses +5% before strength 1 comes back under it; "best" takes strength 1,
+    # a calibration walking up the strengths stops before 0.5.
+    d = [("d", 0.0, 20.0, 0.50, 0.4, 0.6), ("d", 0.5, 23.0, 0.10, 0.0, 0.2), ("d", 1.0, 21.0, 0.05, 0.0, 0.1)]
+    table = pd.concat([table, pd.DataFrame(d, columns=table.columns)], ignore_index=True)
+    best = frontier_summary(table, budgets=(0.05, 0.25)).set_index(["method", "budget"])
+    cal = frontier_summary(table, budgets=(0.05, 0.25), select="calibrated").set_index(["method", "budget"])
+    assert cal.loc[("a", 0.05), ["strength", "score"]].tolist() == [0.5, 0.30]  # 1.0 is at +7.5%
+    assert cal.loc[("a", 0.25), ["strength", "score"]].tolist() == [1.0, 0.20]  # 2.0 is at +50%
+    # b's strengths 0.5 and 1 tie on score: "best" keeps the cheaper, "calibrated" the stronger
+    assert best.loc[("b", 0.25), "strength"] == 0.5 and cal.loc[("b", 0.25), "strength"] == 1.0
+    assert cal.loc[("c", 0.25), ["strength", "score"]].tolist() == [0.0, 0.5]  # unscored ends the walk
+    assert best.loc[("d", 0.05), "strength"] == 1.0
+    assert cal.loc[("d", 0.05), ["strength", "score"]].tolist() == [0.0, 0.5]
+    assert cal.loc[("d", 0.25), ["strength", "score", "ppl_increase"]].tolist() == [1.0, 0.05, pytest.approx(0.05)]
+    with pytest.raises(ValueError, match="unknown select"):
+        frontier_summary(table, select="median")
+
+
 def test_frontier_summary_checks_its_input() -> None:
     with pytest.raises(ValueError, match="no column"):
         frontier_summary(toy_table(), column="score_in")

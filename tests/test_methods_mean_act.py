@@ -52,3 +52,17 @@ def test_mean_act_matches_the_target_mean_at_every_site(native_model) -> None:
     assert not torch.allclose(caa.maps_[last].bias, steerer.maps_[last].bias, atol=1e-5)
     same = HookedSteerer(native_model).fit(source, target, method="mean_act", sequential=False, progress=False)
     torch.testing.assert_close(same.maps_[last].bias, caa.maps_[last].bias, atol=0, rtol=0)
+
+
+def test_incremental_fit_in_one_pass_equals_one_pass_per_site(native_model) -> None:
+    # All 12 prompts in one batch: one forward pass fits every site; batches of 5: a pass per site.
+    g = torch.Generator().manual_seed(1)
+    source = [torch.randint(0, 50, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (12,), generator=g)]
+    target = [torch.randint(50, 100, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (12,), generator=g)]
+    for method in ("mean_act", "linear_act"):
+        one = HookedSteerer(native_model).fit(source, target, method, collect_batch_size=12, progress=False)
+        per_site = HookedSteerer(native_model).fit(source, target, method, collect_batch_size=5, progress=False)
+        for site in one.sites:
+            a, b = one.maps_[site], per_site.maps_[site]
+            torch.testing.assert_close(a.weight, b.weight, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a.bias, b.bias, atol=1e-5, rtol=1e-5)

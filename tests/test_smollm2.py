@@ -30,3 +30,15 @@ def test_fit_steer_generate_on_smollm2(smollm2):
     assert batched == alone
     cached = steerer.generate(prompts, 1.0, **kw)
     assert torch.equal(cached, steerer.generate(prompts, 1.0, use_past_kv_cache=False, **kw))
+
+
+def test_a_warm_start_worse_than_the_identity_is_dropped(smollm2):
+    # On the style prompts incremental Mean-AcT's shifts compound downstream: its loss is ~4x the
+    # untouched model's, so LinEAS starts from the identity there; on toxicity the warm start helps.
+    for name, dropped in (("style", True), ("toxicity", False)):
+        source, target = get_concept(name).split(n_fit=32, seed=0)
+        h = HookedSteerer(smollm2).fit(source, target, steps=1, progress=False, warn=False).history_
+        assert (h["warm_start_loss"] >= h["identity_loss"]) == dropped
+        assert h["init_used"] == ("identity" if dropped else "mean_act")
+        start = h["identity_loss"] if dropped else h["warm_start_loss"]
+        assert h["initial_loss"] == pytest.approx(start, rel=1e-4)  # step 1 reads the maps it starts from

@@ -7,6 +7,12 @@ perplexity, then the lower strength). The unsteered row (strength 0) is always a
 method that cannot lower the score within a budget reports the unsteered score there. Scores are
 oriented so that lower is better (a concept to induce is scored as ``1 - score``).
 
+Taking the lowest of a method's noisy scores favours the methods with more strengths inside the
+budget (the minimum of more noisy draws is lower). ``select="calibrated"`` reads each method at
+the strength chosen by perplexity alone, as :meth:`~lineas_tl.HookedSteerer.calibrate` would on
+the sweep's grid: the strongest strength before the first one over the budget. Its score is not
+selected on its own noise.
+
 Example:
     >>> summary = frontier_summary(table, budgets=(0.05, 0.10, 0.25))
     >>> print(format_frontier(summary))
@@ -24,6 +30,7 @@ CEILING = "ceiling"
 """``method`` of the table's ceiling row (the unsteered model on the target prompts)."""
 
 _REL_TOL = 1e-9  # a row at exactly the budget is admissible despite float rounding
+SELECTIONS: tuple[str, ...] = ("best", "calibrated")
 
 
 def unsteered_perplexity(table: Any) -> float:
@@ -34,7 +41,9 @@ def unsteered_perplexity(table: Any) -> float:
     return float(base.iloc[0])
 
 
-def frontier_summary(table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, column: str = "score_out") -> Any:
+def frontier_summary(
+    table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, column: str = "score_out", select: str = "best"
+) -> Any:
     """Per method and budget, the best ``column`` score within the perplexity budget.
 
     Args:
@@ -42,6 +51,9 @@ def frontier_summary(table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, col
             ``perplexity``, ``column`` and, if present, ``{column}_lo`` / ``{column}_hi``).
         budgets: relative perplexity increases, e.g. ``0.05`` for +5%.
         column: the score to minimise (``"score_out"``: held-out prompts; ``"score_in"``: fit prompts).
+        select: ``"best"``: the admissible row with the lowest score; ``"calibrated"``: going up
+            the strengths from 0, the last row before the first over the budget (by perplexity
+            alone; a row over the budget, or not scored, ends the walk).
 
     Returns:
         a pandas ``DataFrame``, one row per (method, budget): ``method``, ``budget``,
@@ -54,6 +66,8 @@ def frontier_summary(table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, col
         raise ValueError(f"budgets must be non-negative numbers, got {list(budgets)}")
     if column not in table:
         raise ValueError(f"the table has no column {column!r}")
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown select {select!r}; choose one of {SELECTIONS}")
     base = unsteered_perplexity(table)
     rows = []
     for method, group in table[table["method"] != CEILING].groupby("method", sort=False):
@@ -61,12 +75,15 @@ def frontier_summary(table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, col
         for budget in budgets:
             limit = (1 + budget) * base
             ok = scored[scored["perplexity"] <= limit * (1 + _REL_TOL)]
+            if select == "calibrated":
+                ok = _before_first_over(group, limit * (1 + _REL_TOL), column)
             row: dict[str, Any] = {"method": method, "budget": float(budget), "max_perplexity": limit}
             if ok.empty:
                 row.update(strength=math.nan, score=math.nan, score_lo=math.nan, score_hi=math.nan,
                            perplexity=math.nan, ppl_increase=math.nan)  # fmt: skip
             else:
-                best = ok.sort_values([column, "perplexity", "strength"], kind="stable").iloc[0]
+                order = [column, "perplexity", "strength"] if select == "best" else ["strength"]
+                best = ok.sort_values(order, ascending=select == "best", kind="stable").iloc[0]
                 row.update(
                     strength=float(best["strength"]),
                     score=float(best[column]),
@@ -79,6 +96,14 @@ def frontier_summary(table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, col
     columns = ["method", "budget", "max_perplexity", "strength", "score", "score_lo", "score_hi",
                "perplexity", "ppl_increase"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
+
+
+def _before_first_over(group: Any, limit: float, column: str) -> Any:
+    """The rows of one method, by strength, up to (not including) the first over ``limit`` or unscored."""
+    rows = group.sort_values("strength", kind="stable")
+    over = ~((rows["perplexity"] <= limit) & rows[column].notna()).to_numpy()
+    stop = int(over.argmax()) if over.any() else len(rows)
+    return rows.iloc[:stop]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -118,4 +143,4 @@ def format_frontier(summary: Any, digits: int = 3) -> Any:
     return out.reset_index()
 
 
-__all__ = ["CEILING", "DEFAULT_BUDGETS", "format_frontier", "frontier_summary", "pareto_front", "unsteered_perplexity"]
+__all__ = ["CEILING", "DEFAULT_BUDGETS", "SELECTIONS", "format_frontier", "frontier_summary", "pareto_front", "unsteered_perplexity"]

@@ -171,8 +171,9 @@ def _readout_site(ctx: FitContext) -> str:
     return ctx.sites[-1]
 
 
-def _front_map(ctx: FitContext, diff: Float[Tensor, "n d"], coefficient: float) -> AffineMap:
-    m = AffineMap((diff.shape[1],), 2, kind="front", device=ctx.device, n_front=diff.shape[0])
+def _front_map(diff: Float[Tensor, "n d"], coefficient: float) -> AffineMap:
+    # diff was read at the injection site, so it lies on the device that computes that site
+    m = AffineMap((diff.shape[1],), 2, kind="front", device=diff.device, n_front=diff.shape[0])
     with torch.no_grad():
         m.bias.copy_((coefficient * diff).float())
     m.requires_grad_(False)
@@ -256,7 +257,7 @@ def fit_actadd(
         best_j = float("inf")
         for s in sites:
             for c in coefs:
-                j = score({s: _front_map(ctx, diffs[s], c)})
+                j = score({s: _front_map(diffs[s], c)})
                 objective["candidates"].append([candidates[s] if candidates[s] is not None else s, c, j])
                 if j < best_j:
                     best, best_j = (s, c), j
@@ -272,4 +273,4 @@ def fit_actadd(
         "vector_norm": float(diffs[where].norm()),
         "objective": objective,
     }
-    return FitResult({where: _front_map(ctx, diffs[where], c)}, history)
+    return FitResult({where: _front_map(diffs[where], c)}, history)

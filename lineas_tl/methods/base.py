@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lineas_tl.collect import pool_prepared, pooled_forward
+from lineas_tl.hooks import FitThenSteer
 from lineas_tl.maps import AffineMap
 from lineas_tl.pooling import Pooling
 from lineas_tl.runner import Prepared, Runner, model_device
@@ -50,7 +52,7 @@ class FitContext:
     target: Prepared
     sites: list[str]
     pooling: Pooling = "mean"
-    batch_size: int = 16
+    batch_size: int = 32
     progress: bool = True
     source_raw: Any = None
     target_raw: Any = None
@@ -108,6 +110,41 @@ class FitContext:
         sites = list(sites if sites is not None else self.sites)
         out = pool_prepared(self.runner, prepared, sites, self.pooling, maps, self.batch_size)
         return {s: x.flatten(1) for s, x in out.items()}
+
+    def fit_each_site(
+        self,
+        maps: dict[str, AffineMap],
+        fit_site: Callable[[str, Float[Tensor, "n features"]], None],
+        incremental: bool = True,
+    ) -> None:
+        """Call ``fit_site(site, u)`` for every site in forward order; it sets ``maps[site]`` in place.
+
+        ``u`` is the pooled source activations at ``site``. With ``incremental`` (AcT's way), they
+        are read with the maps of every earlier site applied at strength 1: in one forward pass when
+        every source prompt fits in one batch (``len(source) <= batch_size``), site by site
+        otherwise (a pass over the source set per site, truncated after it). Without it, every
+        ``u`` is read from the unsteered model in one pass.
+        """
+        if not incremental:
+            source = self.pooled("source")
+            for site in self.sites:
+                fit_site(site, source[site])
+            return
+        n = len(self.source)
+        if n <= self.batch_size:
+            batch = self.source.batch(list(range(n)))
+
+            def fit(site: str, u: Tensor) -> AffineMap:
+                fit_site(site, u)
+                return maps[site]
+
+            hooks = [(s, FitThenSteer(s, self.runner, self.pooling, batch.mask, fit)) for s in self.sites]
+            with torch.no_grad():
+                self.runner.forward(batch, hooks, sites=list(self.sites))
+            return
+        for i, site in enumerate(tqdm(self.sites, desc="incremental fit", disable=not self.progress)):
+            upstream = {s: maps[s] for s in self.sites[:i]}
+            fit_site(site, self.pooled("source", sites=[site], maps=upstream)[site])
 
 
 Method = Callable[..., FitResult]

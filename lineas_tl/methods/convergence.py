@@ -82,8 +82,14 @@ def describe_fit(history: Mapping[str, Any]) -> str:
     if "final_loss" not in history:
         return ""
     state = "converged" if history.get("converged") else "NOT converged: the loss was still falling"
-    return (
+    line = (
         f"loss {history['initial_loss']:.4g} -> {history['final_loss']:.4g} in {history['steps']} steps "
         f"({state}); maps moved max |omega-1| {history['max_abs_omega_minus_1']:.3g}, "
         f"max |b| {history['max_abs_b']:.3g}"
     )
+    if history.get("warm_start_loss") is not None and history.get("init_used") == "identity":
+        line += (
+            f"; started from the identity: the warm start's loss {history['warm_start_loss']:.4g} was not "
+            f"below the identity's {history['identity_loss']:.4g}"
+        )
+    return line

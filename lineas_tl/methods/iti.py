@@ -167,10 +167,11 @@ def fit_iti(
         site = sites[li]
         if site not in maps:
             axis, shape = shapes[site]
-            maps[site] = AffineMap(shape, axis, kind="shift", device=ctx.device)
+            # on the device that computes the site (a model split across devices has several)
+            maps[site] = AffineMap(shape, axis, kind="shift", device=source[site].device)
         shift = alpha * sigmas[(li, h)] * directions[(li, h)]
         with torch.no_grad():
-            maps[site].bias[h] = torch.as_tensor(shift, dtype=torch.float32, device=ctx.device)
+            maps[site].bias[h] = torch.as_tensor(shift, dtype=torch.float32, device=maps[site].bias.device)
     for m in maps.values():
         m.requires_grad_(False)
     ordered = {s: maps[s] for s in sites if s in maps}  # forward order

@@ -41,7 +41,6 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lineas_tl.maps import support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
@@ -86,20 +85,17 @@ def fit_linear_act(ctx: FitContext, *, sequential: bool = True, support: str | N
         raise ValueError(f"unknown support {support!r}; choose one of {SUPPORTS}")
     target = ctx.pooled("target")
     maps = ctx.identity_maps("affine")
-    source = None if sequential else ctx.pooled("source")
-    for i, site in enumerate(tqdm(ctx.sites, desc="Linear-AcT", disable=not ctx.progress)):
-        if sequential:
-            upstream = {s: maps[s] for s in ctx.sites[:i]}
-            u = ctx.pooled("source", sites=[site], maps=upstream)[site]
-        else:
-            u = source[site]
+
+    def fit_site(site: str, u: Tensor) -> None:
         omega, bias = closed_form_ot(u, target[site])
+        shape = maps[site].feature_shape
         with torch.no_grad():
-            maps[site].weight.copy_(omega.reshape(maps[site].feature_shape))
-            maps[site].bias.copy_(bias.reshape(maps[site].feature_shape))
+            maps[site].weight.copy_(omega.reshape(shape))
+            maps[site].bias.copy_(bias.reshape(shape))
         if support == "q_0_100":
-            shape = maps[site].feature_shape
             maps[site].set_range(u.amin(0).reshape(shape), u.amax(0).reshape(shape))
+
+    ctx.fit_each_site(maps, fit_site, incremental=sequential)
     for m in maps.values():
         m.requires_grad_(False)
     return FitResult(maps, {"support": support_by_site(maps)})

@@ -38,7 +38,6 @@ shifted (a constant coordinate's shift is still the exact mean difference).
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from lineas_tl.maps import support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
@@ -58,17 +57,13 @@ def fit_mean_act(ctx: FitContext, *, sequential: bool = True) -> FitResult:
     """
     target = ctx.pooled("target")
     maps = ctx.identity_maps("shift")
-    source = None if sequential else ctx.pooled("source")
-    for i, site in enumerate(tqdm(ctx.sites, desc="Mean-AcT", disable=not ctx.progress or not sequential)):
-        if sequential:
-            upstream = {s: maps[s] for s in ctx.sites[:i]}
-            u = ctx.pooled("source", sites=[site], maps=upstream)[site]
-        else:
-            assert source is not None
-            u = source[site]
+
+    def fit_site(site: str, u: torch.Tensor) -> None:
         shift = target[site].double().mean(0) - u.double().mean(0)
         with torch.no_grad():
             maps[site].bias.copy_(shift.float().reshape(maps[site].feature_shape))
+
+    ctx.fit_each_site(maps, fit_site, incremental=sequential)
     for m in maps.values():
         m.requires_grad_(False)
     history = {
