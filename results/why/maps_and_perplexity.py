@@ -113,9 +113,10 @@ def main() -> None:
             print(f"{method:10s} {s:3.1f}  ppl +{100 * rows[-1][2]:.1f}% (BOS unsteered: +{100 * rows[-1][3]:.1f}%)"
                   f"  moved: BOS {d_bos:.3f}, tokens {d_tok:.3f}", flush=True)  # fmt: skip
         if method == "lineas":
+            start = (f"after the warm start {fit['initial_loss']:.4g}" if fit["init_used"] != "identity" else
+                     f"warm start {fit['warm_start_loss']:.4g} dropped, started from the identity")  # fmt: skip
             fit_line = (f"LinEAS fit: {fit['steps']} steps, converged: {fit['converged']}; loss of the identity maps "
-                        f"{fit['identity_loss']:.4g}, after the warm start {fit['initial_loss']:.4g}, final "
-                        f"{fit['final_loss']:.4g}.")  # fmt: skip
+                        f"{fit['identity_loss']:.4g}, {start}, final {fit['final_loss']:.4g}.")  # fmt: skip
             print(fit_line, flush=True)
     seconds = time.perf_counter() - started
     table = [
