@@ -23,11 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lineas_tl.evaluate.grid import DEFAULT_METHODS, DEFAULT_STRENGTHS
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
 
 CALIBRATED_TITLE = "At the calibrated strength: the strongest before the first over each budget"
-METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
-STRENGTHS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class DemoConfig:
     n_reference: int = 12
     reference_words: int = 64
     generation: GenerationConfig = field(default_factory=lambda: PAPER.with_(n_samples=2))
-    strengths: tuple[float, ...] = STRENGTHS
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
     extra_strengths: tuple[float, ...] = (1.5, 2.0)
     max_scored_ppl_increase: float | None = 0.5
     batch_size: int = 24
@@ -85,7 +84,7 @@ def main(
     steps: int | None = None,
     out: str | Path = "outputs/demo",
     quick: bool = False,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
     seed: int = 0,
     *,
     full: bool = False,

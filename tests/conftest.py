@@ -91,22 +91,20 @@ def gpt2_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return _save_hf(GPT2LMHeadModel(cfg), tokenizer_dir, tmp_path_factory.mktemp("gpt2"))
 
 
+# The shape shared by the tiny Llama and Gemma-2 decoders (initializer_range 0.2: activations of
+# order 1, as in a trained model).
+TINY_DECODER = dict(
+    vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2,
+)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def llama_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=320,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-    )
+    cfg = LlamaConfig(**TINY_DECODER, tie_word_embeddings=True)
     return _save_hf(LlamaForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("llama"))
 
 
@@ -219,17 +217,7 @@ def gemma_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Gemma2Config(
-        vocab_size=320,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
+    cfg = Gemma2Config(**TINY_DECODER, head_dim=8)
     return _save_hf(Gemma2ForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("gemma2"))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+DEFAULT_METHODS: tuple[str, ...] = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
+"""LinEAS and every baseline, in the order tables and plots list them."""
 DEFAULT_STRENGTHS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 """0, 0.1, ..., 1: the paper's ``linspace(0, 1, 11)``."""
 DISTRIBUTION_MATCH: frozenset[str] = frozenset({"lineas", "linear_act", "mean_act"})

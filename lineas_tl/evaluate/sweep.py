@@ -26,15 +26,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lineas_tl.evaluate.frontier import CEILING, DEFAULT_BUDGETS, frontier_summary
-from lineas_tl.evaluate.grid import DEFAULT_STRENGTHS, EXTRA_STRENGTHS, strength_grid, sweep_jobs
+from lineas_tl.evaluate.grid import (
+    DEFAULT_METHODS,
+    DEFAULT_STRENGTHS,
+    EXTRA_STRENGTHS,
+    strength_grid,
+    sweep_jobs,
+)
 from lineas_tl.evaluate.perplexity import REFERENCE_TEXTS, perplexity
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig, continuations
 from lineas_tl.evaluate.scoring import ConceptScore, Scorer, concept_score, toxicity_scorer
 from lineas_tl.methods import METHODS
 from lineas_tl.steerer import HookedSteerer
-
-DEFAULT_METHODS: tuple[str, ...] = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
-
 
 
 def score_columns(side: str) -> list[str]:
