@@ -23,8 +23,18 @@ Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
 
 
-@dataclass
-class GenerationPositions:
+class _ShortRepr:
+    """A repr that formats no tensor. TransformerLens' ``add_hook`` takes every hook's repr each
+    time it is attached (every forward call of a fit); a dataclass repr printed the padding mask,
+    a tenth of each LinEAS step on SmolLM2 under cProfile."""
+
+    def __repr__(self) -> str:
+        site = getattr(self, "site", None)
+        return f"{type(self).__name__}({site!r})" if site is not None else f"{type(self).__name__}()"
+
+
+@dataclass(repr=False)
+class GenerationPositions(_ShortRepr):
     """Tells a hook which positions of the current forward call are prompt and which are generated.
 
     A generation loop calls the model once per new token. Call ``k`` (0-based) covers the last
@@ -52,8 +62,8 @@ class GenerationPositions:
         return index if self.left_pad is None else index - self.left_pad.to(device)[:, None]
 
 
-@dataclass
-class SteeringHook:
+@dataclass(repr=False)
+class SteeringHook(_ShortRepr):
     """Applies ``map_`` to a site's output: ``T^strength`` (or its inverse) on the chosen positions.
 
     ``positions`` other than ``"all"`` need ``tracker`` (set by :meth:`HookedSteerer.generate`) and
@@ -85,8 +95,8 @@ class SteeringHook:
         return torch.where(keep, steered, act)
 
 
-@dataclass
-class PoolingRecorder:
+@dataclass(repr=False)
+class PoolingRecorder(_ShortRepr):
     """Pools the activation flowing through a site (after ``steer``, when given) into ``store``."""
 
     site: str
@@ -114,8 +124,8 @@ class PoolingRecorder:
         return act
 
 
-@dataclass
-class FitThenSteer:
+@dataclass(repr=False)
+class FitThenSteer(_ShortRepr):
     """Pools the activation reaching a site, asks ``fit`` for the site's map, and applies it.
 
     With every prompt of a set in one batch, these hooks fit an incremental method (each site on

@@ -13,6 +13,11 @@ from lineas_tl.sites import resolve_sites
 pytestmark = pytest.mark.filterwarnings("ignore:LinEAS stopped")
 
 SITES = ["blocks.0.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.2.hook_mlp_out"]
+# LinEAS from the identity: a fit whose arithmetic differences stay at float level. From the default
+# Mean-AcT warm start, the bias gradients are at rounding level (the means already match) and Adam's
+# first step moves each coordinate by +-lr whatever its size, so the sign of the rounding decides:
+# float32 and float64 on one CPU differ by 0.2% in the second step's loss, cuda:0 + CPU by 1%.
+WELL_CONDITIONED = {"steps": 5, "lr": 0.05, "init": "identity", "progress": False}
 
 
 def two_devices() -> tuple[str, str] | None:
@@ -93,9 +98,9 @@ def test_fit_on_two_devices_matches_one_device(llama_dir, text_sets):
     first, second = two_devices()  # type: ignore[misc]
     src, tgt = text_sets["source"][:8], text_sets["target"][:8]
     one = boot(llama_dir).to(first)
-    ref = HookedSteerer(one, SITES).fit(src, tgt, steps=5, lr=0.05, progress=False)
+    ref = HookedSteerer(one, SITES).fit(src, tgt, **WELL_CONDITIONED)
     model = split(boot(llama_dir), {first: 2, second: 1})
-    steerer = HookedSteerer(model, SITES).fit(src, tgt, steps=5, lr=0.05, progress=False)
+    steerer = HookedSteerer(model, SITES).fit(src, tgt, **WELL_CONDITIONED)
     devices = {s: m.weight.device for s, m in steerer.maps_.items()}
     assert devices["blocks.2.mlp.hook_out"] == torch.device(second)
     assert devices["blocks.0.attn.hook_out"] == torch.device(first)
@@ -104,6 +109,34 @@ def test_fit_on_two_devices_matches_one_device(llama_dir, text_sets):
         torch.testing.assert_close(steerer.maps_[s].bias.cpu(), m.bias.cpu(), atol=1e-4, rtol=1e-3)
     out = steerer.generate(src[:2], max_new_tokens=4, return_type="tokens")
     assert out.shape[0] == 2
+
+
+@pytest.mark.skipif(two_devices() is None, reason="needs two devices (two GPUs, or one GPU and the CPU)")
+@pytest.mark.parametrize("method", ["lineas", "linear_act", "mean_act", "caa", "iti", "actadd"])
+def test_every_method_fits_and_steers_a_split_model_like_one_device(method, llama_dir, text_sets):
+    """Each map is created on its site's device, and steering the split model gives the one-device
+    model's logits (the incremental fits run site by site across the device boundary)."""
+    from conftest import boot
+
+    first, second = two_devices()  # type: ignore[misc]
+    src, tgt = text_sets["source"][:8], text_sets["target"][:8]
+    kwargs = WELL_CONDITIONED if method == "lineas" else {"progress": False}
+    sites = SITES if method not in ("iti", "actadd") else None  # those two choose their own sites
+    one = boot(llama_dir).to(first)
+    ref = HookedSteerer(one, sites).fit(src, tgt, method=method, **kwargs)
+    model = split(boot(llama_dir), {first: 2, second: 1})
+    steerer = HookedSteerer(model, sites).fit(src, tgt, method=method, **kwargs)
+    assert steerer.maps_.keys() == ref.maps_.keys()
+    for site, m in steerer.maps_.items():
+        layer = int(site.split(".")[1])
+        assert m.weight.device == next(model.blocks[layer].parameters()).device, site
+    tokens = one.to_tokens(src[:2])
+    with ref.steer(1.0):
+        expected = one(tokens).cpu()
+    with steerer.steer(1.0):
+        got = model(tokens).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    assert steerer.generate(src[:2], max_new_tokens=4, return_type="tokens").shape[0] == 2
 
 
 def test_models_load_passes_a_device_map_through(llama_dir):

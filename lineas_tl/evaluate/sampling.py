@@ -10,6 +10,8 @@ Seeds: batch ``k`` of a prompt set is sampled after ``torch.manual_seed(seed + k
 random state, so the caller's random state is untouched and every method and strength sees the same
 random numbers for the same prompt (common random numbers: differences between rows come from the
 steering, not from the draw). The draws depend on ``batch_size``; keep it fixed when comparing.
+The nucleus is found without sorting the vocabulary (:mod:`~lineas_tl.evaluate.nucleus`); the
+draws are TransformerLens' own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from lineas_tl.evaluate.nucleus import faster_top_p
 from lineas_tl.evaluate.perplexity import evaluating
 from lineas_tl.runner import get_runner
 
@@ -124,7 +127,7 @@ def continuations(
     kwargs = dict(config.generate_kwargs(), return_type="continuation")
     out: list[str] = []
     starts = range(0, len(rows), batch_size)
-    with evaluating(model):
+    with evaluating(model), faster_top_p():
         for k, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
             chunk = rows[start : start + batch_size]
             with torch.random.fork_rng(devices=[]):
