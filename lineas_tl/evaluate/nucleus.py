@@ -10,7 +10,8 @@ vocabulary) is TransformerLens' own and consumes the same random numbers.
 The nucleus's probabilities are computed against a sum taken in vocabulary order rather than in
 sorted order, so they can differ from TransformerLens' in the last bit: a token whose cumulative
 probability lies within about 1e-7 of ``top_p`` could fall on the other side. It did not happen in
-the demo's toxicity and style runs: their tables came out identical (``benchmarks/RESULTS_sampling.md``).
+the three result runs (toxicity, sentiment, style): their tables came out identical
+(``benchmarks/RESULTS_sampling.md``).
 """
 
 from __future__ import annotations
