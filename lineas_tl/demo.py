@@ -166,19 +166,12 @@ def _sweep_view(table: Any) -> Any:
     return table[[c for c in cols if c in table]]
 
 
-def _lineas_fit_line(history: dict[str, Any] | None) -> list[str]:
+def _fit_line(history: dict[str, Any] | None) -> list[str]:
     """How the LinEAS fit ended (a reader must see that it converged), or nothing without LinEAS."""
-    if not history or "steps" not in history:
-        return []
-    state = "converged" if history["converged"] else "**did not converge**"
-    warm = history.get("warm_start_loss")
-    start = f"warm start {warm:.4g}, " if warm is not None else ""
-    return [
-        f"LinEAS fit: {history['steps']} steps, {state} (stop: {history['stop_reason']}); loss of the identity "
-        f"maps {history['identity_loss']:.4g}, {start}started from {history.get('init_used', 'n/a')}, final "
-        f"{history['final_loss']:.4g}.",
-        "",
-    ]
+    from lineas_tl.methods.convergence import describe_start
+
+    line = describe_start(history or {})
+    return [line, ""] if line else []
 
 
 def _command() -> str:
@@ -228,7 +221,7 @@ def _write_results(
         "",
         "Fit time (s): " + ", ".join(f"{m} {s:.0f}" for m, s in fits.items()),
         "",
-        *_lineas_fit_line(table.attrs["histories"].get("lineas")),
+        *_fit_line(table.attrs["histories"].get("lineas")),
     ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))

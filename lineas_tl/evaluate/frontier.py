@@ -74,9 +74,10 @@ def frontier_summary(
         scored = group[group[column].notna() & group["perplexity"].notna()]
         for budget in budgets:
             limit = (1 + budget) * base
-            ok = scored[scored["perplexity"] <= limit * (1 + _REL_TOL)]
             if select == "calibrated":
                 ok = _before_first_over(group, limit * (1 + _REL_TOL), column)
+            else:
+                ok = scored[scored["perplexity"] <= limit * (1 + _REL_TOL)]
             row: dict[str, Any] = {"method": method, "budget": float(budget), "max_perplexity": limit}
             if ok.empty:
                 row.update(strength=math.nan, score=math.nan, score_lo=math.nan, score_hi=math.nan,

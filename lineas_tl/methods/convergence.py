@@ -93,3 +93,19 @@ def describe_fit(history: Mapping[str, Any]) -> str:
             f"below the identity's {history['identity_loss']:.4g}"
         )
     return line
+
+
+def describe_start(history: Mapping[str, Any]) -> str:
+    """One line on where a LinEAS fit started and ended: steps, whether it converged and why it
+    stopped, the identity maps' loss, the warm start's, which start was used, the final loss.
+    Empty for a history without a loss curve."""
+    if "steps" not in history:
+        return ""
+    state = "converged" if history["converged"] else "**did not converge**"
+    warm = history.get("warm_start_loss")
+    start = f"warm start {warm:.4g}, " if warm is not None else ""
+    return (
+        f"LinEAS fit: {history['steps']} steps, {state} (stop: {history['stop_reason']}); loss of the identity "
+        f"maps {history['identity_loss']:.4g}, {start}started from {history.get('init_used', 'n/a')}, final "
+        f"{history['final_loss']:.4g}."
+    )

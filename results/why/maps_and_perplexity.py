@@ -37,6 +37,7 @@ from lineas_tl import HookedSteerer, models  # noqa: E402
 from lineas_tl.atomic import atomic_write  # noqa: E402
 from lineas_tl.concepts import get_concept, reference_text  # noqa: E402
 from lineas_tl.evaluate import perplexity  # noqa: E402
+from lineas_tl.methods.convergence import describe_start  # noqa: E402
 from lineas_tl.runner import get_runner  # noqa: E402
 
 METHODS = ("lineas", "linear_act", "mean_act", "caa")
@@ -113,10 +114,7 @@ def main() -> None:
             print(f"{method:10s} {s:3.1f}  ppl +{100 * rows[-1][2]:.1f}% (BOS unsteered: +{100 * rows[-1][3]:.1f}%)"
                   f"  moved: BOS {d_bos:.3f}, tokens {d_tok:.3f}", flush=True)  # fmt: skip
         if method == "lineas":
-            start = (f"after the warm start {fit['initial_loss']:.4g}" if fit["init_used"] != "identity" else
-                     f"warm start {fit['warm_start_loss']:.4g} dropped, started from the identity")  # fmt: skip
-            fit_line = (f"LinEAS fit: {fit['steps']} steps, converged: {fit['converged']}; loss of the identity maps "
-                        f"{fit['identity_loss']:.4g}, {start}, final {fit['final_loss']:.4g}.")  # fmt: skip
+            fit_line = describe_start(fit)
             print(fit_line, flush=True)
     seconds = time.perf_counter() - started
     table = [
