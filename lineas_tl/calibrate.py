@@ -31,12 +31,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lineas_tl.validate import SteeringInputError, check_strength, check_strengths
+
 if TYPE_CHECKING:
-    from lineas_tl.steerer import HookedSteerer
+    from lineas_tl.protocols import SteererLike as HookedSteerer
 
 CALIBRATED = "calibrated"
 """The strength value that means "the steerer's calibrated strength"."""
@@ -214,22 +216,25 @@ def resolve_strength(steerer: HookedSteerer, strength: Any, inverse: bool = Fals
 
     Raises:
         ValueError: ``"calibrated"`` on a steerer that was not calibrated (or was calibrated for
-            the other direction of ``inverse``), or any other string.
+            the other direction of ``inverse``), or any other string; SteeringInputError: a strength
+            (or a value of a ``{site: strength}`` dict) that is not a finite number.
     """
+    if isinstance(strength, Mapping):
+        return check_strengths(strength)
     if not isinstance(strength, str):
-        return strength
+        return check_strength(strength)
     if strength != CALIBRATED:
-        raise ValueError(f"strength must be a number, {{site: number}} or 'calibrated', not {strength!r}")
+        raise SteeringInputError(f"strength must be a number, {{site: number}} or 'calibrated', not {strength!r}")
     value = getattr(steerer, "calibrated_strength_", None)
     if value is None:
-        raise ValueError(
+        raise SteeringInputError(
             "strength='calibrated' but this steerer has no calibrated strength: call "
             "steerer.calibrate(texts, max_ppl_increase=0.05) first (or load a steerer saved after calibrating)"
         )
     record = getattr(steerer, "calibration_", None)
     if record is not None and bool(record.inverse) != bool(inverse):
         done, asked = ("inverse" if record.inverse else "forward"), ("inverse" if inverse else "forward")
-        raise ValueError(
+        raise SteeringInputError(
             f"the calibrated strength was found for the {done} map, not the {asked} one: calibrate "
             f"again with inverse={inverse}"
         )

@@ -3,18 +3,19 @@
 Examples::
 
     lineas-tl fit --model smollm2-135m --source toxic.txt --target kind.txt --out steerers/detox
-    lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength 1
-    lineas-tl compare --model smollm2-135m --concept toxicity --out results/
-    lineas-tl calibrate --model smollm2-135m --steerer steerers/detox --max-ppl-increase 0.05
-    lineas-tl generate --model smollm2-135m --steerer steerers/detox --prompt "You are a" --strength calibrated
-    lineas-tl info steerers/detox
-    lineas-tl frontier results/toxicity/comparison.csv --select calibrated
-    lineas-tl export --model smollm2-135m --steerer steerers/detox --format gguf --out smollm2-detox.gguf
+    lineas-tl calibrate --steerer steerers/detox --max-ppl-increase 0.05
+    lineas-tl generate --steerer steerers/detox --prompt "You are a" --strength calibrated
+    lineas-tl compare --model smollm2-135m --concept toxicity --method lineas --method caa --out results/
+    lineas-tl info --steerer steerers/detox
+    lineas-tl frontier --table results/toxicity/comparison.csv --select calibrated
+    lineas-tl export --steerer steerers/detox --strength calibrated --out smollm2-detox.gguf
     lineas-tl demo --quick
 
 Prompt files hold one prompt per line (blank lines ignored) or, with a ``.json`` suffix, a JSON list
-of strings. ``--model`` is an embedded model name (``smollm2-135m``) or a local Hugging Face model
-directory (weights, config and tokenizer); nothing is downloaded. On bad input every command prints
+of strings. ``--model`` is an embedded model name (``smollm2-135m``), a ``.gguf`` file or a local
+Hugging Face model directory (weights, config and tokenizer); nothing is downloaded. Commands that
+take a steerer (``--steerer DIR``) default ``--model`` to the model it was fitted on. List options
+are repeated flags (``--method lineas --method caa``). On bad input every command prints
 a one-line ``error: ...`` on stderr and exits with status 1 (set ``LINEAS_TL_DEBUG=1`` for the
 traceback).
 """
@@ -33,7 +34,10 @@ from lineas_tl.cli_support import (
     CLIError,
     DeviceOpt,
     ModelOpt,
+    SteererModelOpt,
+    SteererOpt,
     app,
+    deprecated,
     check_hparams,
     friendly,
     load_model,
@@ -41,6 +45,9 @@ from lineas_tl.cli_support import (
     parse_strength,
     parse_strengths,
     read_prompts,
+    split_list,
+    steerer_model,
+    steerer_path,
 )
 
 __all__ = ["app", "main", "read_prompts"]
@@ -54,7 +61,13 @@ def fit(
     ],
     target: Annotated[Path, typer.Option(help="Prompts with the behaviour to steer towards.")],
     model: ModelOpt = "smollm2-135m",
-    method: Annotated[str, typer.Option(help="Fitting method: lineas, linear_act, mean_act, iti, actadd.")] = "lineas",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Fitting method: lineas (default), linear_act, mean_act, caa, iti or actadd (see "
+            "lineas_tl.methods)."
+        ),
+    ] = "lineas",
     steps: Annotated[
         int | None, typer.Option(help="Most optimisation steps (LinEAS: 300, stops earlier once converged).")
     ] = None,
@@ -64,7 +77,11 @@ def fit(
     sites: Annotated[
         list[str] | None,
         typer.Option(
-            "--sites", "--site", help="Hook name, alias or regex (repeatable). Default: every attn/MLP output."
+            "--sites",
+            "--site",
+            help="Hook name, alias, regex or preset (repeatable). Presets: outputs (every block's "
+            "hook_attn_out and hook_mlp_out), norms (layer-norm outputs). Default: the paper's post-sublayer "
+            "norms (ln1_post/ln2_post) in Gemma-2/3; outputs in a pre-LN model (GPT-2, Llama, SmolLM2).",
         ),
     ] = None,
     pooling: Annotated[str, typer.Option(help="Pooling over tokens: mean, last or all.")] = "mean",
@@ -72,7 +89,10 @@ def fit(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            "--param", "-p", help="Extra hyper-parameter KEY=VALUE (repeatable), e.g. -p gamma=0.1 -p lr=0.003."
+            "--param",
+            "-p",
+            help="Extra hyper-parameter KEY=VALUE (repeatable), e.g. -p lr=0.003 -p gamma=0.01 (LinEAS "
+            "sparsity, >= 0; default 0 = off; larger values return more coordinates to the identity).",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to save the steerer to.")] = Path("steerer"),
@@ -107,7 +127,7 @@ def fit(
 @friendly
 def generate(
     steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
-    model: ModelOpt = "smollm2-135m",
+    model: SteererModelOpt = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A prompt (repeatable).")] = None,
     prompts: Annotated[Path | None, typer.Option(help="File of prompts (one per line, or .json).")] = None,
     strength: Annotated[
@@ -141,8 +161,8 @@ def generate(
     if max_new_tokens < 1 or batch_size < 1:
         raise CLIError("--max-new-tokens and --batch-size must be at least 1")
     asked = parse_strength(strength)
-    read_metadata(steerer)  # fail fast, before loading the model
-    lm = load_model(model, device)
+    meta = read_metadata(steerer)  # fail fast, before loading the model
+    lm = load_model(steerer_model(meta, model), device)
     st = HookedSteerer.load(steerer, lm)
     value = float(resolve_strength(st, asked, inverse))
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sample, "return_type": "continuation"}
@@ -198,11 +218,22 @@ def compare(
         ),
     ] = None,
     strengths: Annotated[
-        str, typer.Option(help="Comma-separated strengths to sweep (default 0, 0.1, ..., 1).")
-    ] = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+        list[str] | None,
+        typer.Option(
+            "--strength",
+            "--strengths",
+            help="A strength to sweep (repeatable; default 0, 0.1, ..., 1). 0 = unsteered, 1 = the fitted map.",
+        ),
+    ] = None,
     extra_strengths: Annotated[
-        str, typer.Option(help="Strengths past 1 for lineas, linear_act and mean_act ('' for none).")
-    ] = "1.5,2",
+        list[str] | None,
+        typer.Option(
+            "--extra-strength",
+            "--extra-strengths",
+            help="A strength past 1 (extrapolation) for lineas, linear_act, mean_act and caa (repeatable; "
+            "default 1.5 and 2; 'none' for none).",
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
     n_fit: Annotated[int, typer.Option(help="Fit prompts per side drawn from the concept.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Length of each continuation.")] = 32,
@@ -240,7 +271,7 @@ def compare(
         scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])
     if src is None or tgt is None:
         raise CLIError("pass --concept NAME, or both --source and --target prompt files")
-    methods = list(method) if method else list(evaluate.DEFAULT_METHODS)
+    methods = split_list(method, "--method") or list(evaluate.DEFAULT_METHODS)
     method_kwargs = {"lineas": {"steps": steps}} if steps is not None and "lineas" in methods else None
     lm = load_model(model, device)
     table = evaluate.compare(
@@ -248,11 +279,11 @@ def compare(
         src,
         tgt,
         methods=methods,
-        strengths=parse_strengths(strengths),
+        strengths=parse_strengths(",".join(split_list(strengths, "--strength")) or _STRENGTHS),
         eval_prompts=evals,
         scorer=scorer,
         method_kwargs=method_kwargs,
-        extra_strengths=parse_strengths(extra_strengths) if extra_strengths.strip() else (),
+        extra_strengths=_extra_strengths(extra_strengths),
         generation=generation,
         target_eval_prompts=held_out_target,
         seed=seed,
@@ -267,12 +298,29 @@ def compare(
         typer.echo(f"wrote {out / 'comparison.csv'}, {out / 'frontier.csv'} and {out / 'tradeoff.png'}")
 
 
+_STRENGTHS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+
+
+def _extra_strengths(values: list[str] | None) -> list[float]:
+    if values is None:
+        return [1.5, 2.0]
+    if [v.strip().lower() for v in values] in (["none"], [""]):  # '' was the older spelling
+        return []
+    return parse_strengths(",".join(split_list(values, "--extra-strength")))
+
+
 @app.command()
 @friendly
 def frontier(
-    table: Annotated[Path, typer.Argument(help="A comparison.csv written by `compare` or `demo`.")],
+    table_arg: Annotated[
+        Path | None, typer.Argument(metavar="[TABLE]", help="Deprecated: pass --table FILE.", show_default=False)
+    ] = None,
+    table_opt: Annotated[
+        Path | None, typer.Option("--table", "-t", help="A comparison.csv written by `compare` or `demo`.")
+    ] = None,
     budget: Annotated[
-        list[float] | None, typer.Option(help="Perplexity budget, e.g. 0.05 for +5% (repeatable; default 0.05 0.1 0.25).")
+        list[str] | None,
+        typer.Option(help="Perplexity budget, e.g. 0.05 for +5% (repeatable; default 0.05, 0.1 and 0.25)."),
     ] = None,
     select: Annotated[
         str, typer.Option(help="best: the lowest score within the budget; calibrated: the strongest strength before "
@@ -285,27 +333,45 @@ def frontier(
 
     from lineas_tl import evaluate
 
+    if table_opt is not None and table_arg is not None and table_opt != table_arg:
+        raise CLIError("two tables given; pass --table FILE once")
+    if table_opt is None and table_arg is not None:
+        deprecated("`lineas-tl frontier FILE`: pass the table as --table FILE")
+    table = table_opt if table_opt is not None else table_arg
+    if table is None:
+        raise CLIError("pass the comparison table with --table FILE")
+    budgets = [float(b) for b in split_list(budget, "--budget")] if budget else None
     if not table.is_file():
         raise CLIError(f"{table} is not a file; pass the comparison.csv of a `compare` or `demo` run")
     summary = evaluate.frontier_summary(
-        pd.read_csv(table), tuple(budget) if budget else evaluate.DEFAULT_BUDGETS, column, select=select
+        pd.read_csv(table), tuple(budgets) if budgets else evaluate.DEFAULT_BUDGETS, column, select=select
     )
     typer.echo(evaluate.format_frontier(summary).to_string(index=False))
 
 
 @app.command()
 @friendly
-def info(steerer: Annotated[Path, typer.Argument(help="Directory of a saved steerer.")]) -> None:
+def info(
+    steerer_arg: Annotated[
+        Path | None, typer.Argument(metavar="[DIR]", help="Deprecated: pass --steerer DIR.", show_default=False)
+    ] = None,
+    steerer_opt: SteererOpt = None,
+) -> None:
     """Describe a saved steerer: method, sites, hyper-parameters, the model it was fitted on."""
     from lineas_tl.io import read_metadata
 
+    steerer = steerer_path(steerer_opt, steerer_arg, "info")
     meta = read_metadata(steerer)
     maps = meta["maps"]
+    model = meta["model"]
     typer.echo(f"method:      {meta.get('method')}")
-    typer.echo(f"fitted on:   {meta['model'].get('class')} {meta['model'].get('fingerprint')}")
+    typer.echo(f"fitted on:   {model.get('name') or model.get('description') or model.get('class')} {model.get('fingerprint')}")
     typer.echo(f"saved by:    lineas-tl {meta.get('lineas_tl_version')} on {meta.get('created')}")
-    typer.echo(f"pooling:     {meta.get('pooling')}")
+    pooling = f"{meta.get('pooling')}, pool_bos={meta.get('pool_bos', False)}, chat_pool={meta.get('chat_pool', 'user')}"
+    typer.echo(f"pooling:     {pooling}")
     typer.echo(f"hparams:     {json.dumps(meta.get('hparams', {}))}")
+    if meta.get("hparams_given") is not None:
+        typer.echo(f"  given:     {json.dumps(meta['hparams_given'])}")
     cal = meta.get("calibration")
     if cal:
         typer.echo(
@@ -350,7 +416,7 @@ def demo(
     if out is not None:
         kwargs["out"] = out
     if method:
-        kwargs["methods"] = tuple(method)
+        kwargs["methods"] = tuple(split_list(method, "--method"))
     if time_limit is not None:
         if time_limit <= 0:
             raise CLIError("--time-limit must be a positive number of minutes")

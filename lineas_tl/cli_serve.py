@@ -10,13 +10,14 @@ import typer
 from lineas_tl.cli_support import (
     CLIError,
     DeviceOpt,
-    ModelOpt,
+    SteererModelOpt,
     app,
     friendly,
     load_model,
     parse_strength,
     quiet_stdout,
     read_prompts,
+    steerer_model,
 )
 
 
@@ -25,10 +26,13 @@ from lineas_tl.cli_support import (
 def export(
     steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New file (gguf, control-vector) or directory (hf).")],
-    model: ModelOpt = "smollm2-135m",
+    model: SteererModelOpt = None,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="gguf (weights folded, llama.cpp/Ollama), control-vector, or hf.")
-    ] = "hf",
+        str,
+        typer.Option(
+            "--format", "-f", help="gguf (default, as in Python: weights folded, llama.cpp/Ollama), control-vector, or hf."
+        ),
+    ] = "gguf",
     strength: Annotated[str, typer.Option(help="Steering strength to fold in: a number or 'calibrated'.")] = "1.0",
     inverse: Annotated[bool, typer.Option(help="Fold the inverse map (induce the concept).")] = False,
     source_gguf: Annotated[
@@ -47,8 +51,8 @@ def export(
     value = parse_strength(strength)
     if source_gguf is not None and not source_gguf.is_file():
         raise CLIError(f"--source-gguf {str(source_gguf)!r} does not exist")
-    read_metadata(steerer)
-    lm = load_model(model, device)
+    meta = read_metadata(steerer)
+    lm = load_model(steerer_model(meta, model), device)
     st = HookedSteerer.load(steerer, lm)
     with quiet_stdout():
         path = export_steerer(st, out, format, value, inverse=inverse, source=source_gguf)
@@ -60,13 +64,15 @@ def export(
 @friendly
 def calibrate(
     steerer: Annotated[Path, typer.Option("--steerer", "-s", help="Directory of a saved steerer (updated in place).")],
-    model: ModelOpt = "smollm2-135m",
+    model: SteererModelOpt = None,
     texts: Annotated[
         Path | None,
         typer.Option(help="Calibration texts (one per line, or .json). Default: 32 held-out Wikipedia paragraphs."),
     ] = None,
     max_ppl_increase: Annotated[float, typer.Option(help="Perplexity budget: 0.05 = at most +5%.")] = 0.05,
-    max_strength: Annotated[float, typer.Option(help="Largest strength considered (2 allows extrapolation).")] = 1.0,
+    max_strength: Annotated[
+        float, typer.Option(help="Largest strength considered (0 < s; above 1 extrapolates, e.g. 2).")
+    ] = 1.0,
     inverse: Annotated[bool, typer.Option(help="Calibrate the inverse map (inducing the concept).")] = False,
     device: DeviceOpt = None,
 ) -> None:
@@ -74,14 +80,14 @@ def calibrate(
     from lineas_tl.io import read_metadata
     from lineas_tl.steerer import HookedSteerer
 
-    read_metadata(steerer)
+    meta = read_metadata(steerer)
     if texts is not None:
         calibration_texts = read_prompts(texts)
     else:
         from lineas_tl.concepts import reference_text
 
         calibration_texts = reference_text(n=32, seed=0, max_words=64)
-    lm = load_model(model, device)
+    lm = load_model(steerer_model(meta, model), device)
     st = HookedSteerer.load(steerer, lm)
     st.calibrate(calibration_texts, max_ppl_increase, max_strength=max_strength, inverse=inverse)
     st.save(steerer)

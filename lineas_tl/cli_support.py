@@ -6,21 +6,55 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
+from typer.core import TyperGroup
+
+WORKFLOW = ("fit", "generate", "calibrate", "compare", "export", "info")
+"""Commands in the order a user meets them; the others follow in the order they were added."""
+
+
+class WorkflowGroup(TyperGroup):
+    """Lists the commands in workflow order (:data:`WORKFLOW`) in ``lineas-tl --help``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(self.commands)
+        return [n for n in WORKFLOW if n in names] + [n for n in names if n not in WORKFLOW]
+
 
 app = typer.Typer(
     name="lineas-tl",
-    help="LinEAS activation steering for TransformerLens models: fit, generate, compare, export, demo.",
+    cls=WorkflowGroup,
+    help="LinEAS activation steering for TransformerLens models: fit, generate, calibrate, compare, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from lineas_tl import __version__
+
+        typer.echo(f"lineas-tl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """LinEAS activation steering for TransformerLens models: fit, generate, calibrate, compare, export."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,9 +186,12 @@ def parse_strength(text: str) -> float | str:
     if text.strip().lower() == "calibrated":
         return "calibrated"
     try:
-        return float(text)
+        value = float(text)
     except ValueError as err:
         raise CLIError(f"--strength expects a number or 'calibrated', got {text!r}") from err
+    if not math.isfinite(value):
+        raise CLIError(f"--strength must be finite (0 = off, 1 = the fitted map), got {text!r}")
+    return value
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -164,18 +201,63 @@ def parse_strengths(text: str) -> list[float]:
         raise CLIError(f"--strengths expects numbers separated by commas, got {text!r}") from err
     if not values:
         raise CLIError("--strengths is empty")
+    if not all(math.isfinite(v) for v in values):
+        raise CLIError(f"--strengths must be finite numbers, got {text!r}")
     return values
 
 
+def deprecated(message: str) -> None:
+    """A deprecation notice on stderr (the CLI's users do not see Python warnings)."""
+    typer.echo(f"warning: {message} (deprecated; it will be removed in the next release)", err=True)
+
+
+def split_list(values: list[str] | None, flag: str) -> list[str]:
+    """A repeated option's values; a comma-separated value (the older style) is split, with a notice."""
+    out: list[str] = []
+    for value in values or []:
+        if "," in value:
+            deprecated(f"{flag} {value!r}: comma-separated lists; repeat {flag} for each value instead")
+            out.extend(v.strip() for v in value.split(",") if v.strip())
+        else:
+            out.append(value.strip())
+    return out
+
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def steerer_path(option: Path | None, positional: Path | None, command: str) -> Path:
+    """The steerer directory from ``--steerer`` (or the deprecated positional argument)."""
+    if option is not None and positional is not None and option != positional:
+        raise CLIError(f"two steerers given ({positional} and --steerer {option}); pass --steerer DIR once")
+    if option is None and positional is not None:
+        deprecated(f"`lineas-tl {command} DIR`: pass the steerer as --steerer DIR")
+    path = option if option is not None else positional
+    if path is None:
+        raise CLIError("pass the steerer's directory with --steerer DIR")
+    return path
+
+
+def steerer_model(meta: dict[str, Any], model: str | None) -> str:
+    """``--model`` if given, else the model the steerer was fitted on (recorded when it was loaded by
+    name or directory), else the embedded default."""
+    if model is not None:
+        return model
+    name = (meta.get("model") or {}).get("name")
+    return str(name) if name else DEFAULT_MODEL
+
+
 # ----------------------------------------------------------------------------- commands
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Embedded model name (smollm2-135m) or a local Hugging Face model directory.",
-    ),
+_MODEL_HELP = (
+    "Embedded model name (smollm2-135m: SmolLM2-135M-Instruct, Q4_1 GGUF, dequantised), a .gguf file, "
+    "or a local Hugging Face model directory; nothing is downloaded."
+)
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=_MODEL_HELP)]
+SteererModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help=_MODEL_HELP + " Default: the model the steerer was fitted on (smollm2-135m if unknown)."),
 ]
+SteererOpt = Annotated[Path | None, typer.Option("--steerer", "-s", help="Directory of a saved steerer.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="Torch device (default: TransformerLens' choice).")]
 
 

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from lineas_tl.chat import ChatPool, as_conversations, is_conversation
 from lineas_tl.fingerprint import model_fingerprint
-from lineas_tl.hooks import PoolingRecorder, SteeringHook
+from lineas_tl.hooks import PoolingRecorder, SteeringHook, non_finite
 from lineas_tl.maps import AffineMap
-from lineas_tl.pooling import POOLINGS, Pooling
+from lineas_tl.pooling import POOLINGS, BatchPooler, Pooling
 from lineas_tl.runner import Batch, Prepared, Runner, get_runner
 from lineas_tl.sites import SiteSpec, resolve_sites
 
@@ -49,22 +49,39 @@ def pooled_forward(
     maps = maps or {}
     store: dict[str, Tensor] = {}
     shapes: dict[str, tuple[int, tuple[int, ...]]] = {}
-    hooks = []
-    for site in sites:
-        steer = SteeringHook(maps[site], strength) if site in maps else None
-        hooks.append(
-            (site, PoolingRecorder(site, runner, pooling, batch.mask, store, steer, detach, shapes))
-        )
+    pooler = BatchPooler(batch.mask, pooling)  # the mask cast and counted once, not once per site
+    hooks: list[Any] = [
+        (site, PoolingRecorder(site, runner, pooling, batch.mask, store,
+                               SteeringHook(maps[site], strength) if site in maps else None,
+                               detach, shapes, pooler, check=False))
+        for site in sites
+    ]  # fmt: skip
     # Maps on sites we do not record still steer the forward pass.
-    hooks += [(s, SteeringHook(m, strength)) for s, m in maps.items() if s not in set(sites)]
-    runner.forward(batch, hooks, sites=list(sites) + [s for s in maps if s not in set(sites)])
+    recorded = set(sites)
+    extra = [s for s in maps if s not in recorded]
+    hooks += [(s, SteeringHook(maps[s], strength)) for s in extra]
+    runner.forward(batch, hooks, sites=[*sites, *extra])
     missing = [s for s in sites if s not in store]
     if missing:
         raise RuntimeError(
             f"sites {missing} were never reached by the forward pass; they may not be on the path "
             "of this model's computation"
         )
+    if detach:  # a read: NaN or inf is named by site (one device sync for all sites, not one each)
+        _check_finite(store)
+    # With detach=False (a fit) nothing here waits for the device: the caller checks its loss.
     return store, shapes
+
+
+def _check_finite(store: Mapping[str, Tensor]) -> None:
+    """Raise :func:`~lineas_tl.hooks.non_finite` for the first site (in forward order) with NaN or inf."""
+    if not store:
+        return
+    flags = [x.isfinite().all() for x in store.values()]
+    first = flags[0].device
+    if bool(torch.stack([f.to(first) for f in flags]).all()):
+        return
+    raise non_finite(next(site for site, ok in zip(store, flags) if not bool(ok)))
 
 
 def pool_prepared(

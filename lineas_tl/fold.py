@@ -84,12 +84,30 @@ class Steerable(Protocol):
     runner: Any
     maps_: Mapping[str, AffineMap]
 
-    def hooks(self, strength: Any = 1.0, *, inverse: bool = False) -> list[tuple[str, Any]]: ...
+    def fwd_hooks(self, strength: Any = 1.0, *, inverse: bool = False) -> list[tuple[str, Any]]: ...
+
+
+def ungated_view(steerer: Any, ungated: bool, what: str) -> Any:
+    """``steerer`` itself if it has no gate; a copy without its gate if ``ungated``; else FoldError."""
+    if getattr(steerer, "gate_", None) is None:
+        return steerer
+    if not ungated:
+        raise FoldError(
+            f"this steerer is gated: each token's steering is scaled by a probe of its own activations "
+            f"(the gate depends on the input), and weights act on every token alike, so {what} cannot "
+            f"write it. Serve it with hooks (steerer.steer() / generate()), or pass ungated=True to {what} "
+            "the maps without the gate (every token steered, as an ungated steerer)."
+        )
+    import copy
+
+    plain = copy.copy(steerer)
+    plain.gate_ = None
+    return plain
 
 
 def site_strengths(steerer: Steerable, strength: Any, *, inverse: bool = False) -> dict[str, float]:
     """``{site: float}`` for every map, resolved the way ``steerer.steer(strength)`` resolves it."""
-    return {site: float(hook.strength) for site, hook in steerer.hooks(strength, inverse=inverse)}
+    return {site: float(hook.strength) for site, hook in steerer.fwd_hooks(strength, inverse=inverse)}
 
 
 def map_refusal(m: AffineMap) -> str | None:
@@ -281,6 +299,7 @@ def fold(
     *,
     inverse: bool = False,
     check: bool = True,
+    ungated: bool = False,
 ) -> FoldHandle:
     """Write ``steerer``'s maps at ``strength`` into its model's weights; returns the undo handle.
 
@@ -300,15 +319,21 @@ def fold(
             and raise ``FoldError`` if they differ beyond float rounding (language models only).
 
     Raises:
-        FoldError: a site cannot be folded exactly (the message lists them), or the check failed.
+        FoldError: a site cannot be folded exactly (the message lists them), or the check failed,
+            or the steerer is gated and ``ungated`` is False.
+
+    A gated steerer (``fit(..., gate=True)``) scales each token's steering by a probe of that
+    token's input, which no weight can do: pass ``ungated=True`` to fold its maps without the gate
+    (every token steered at ``strength``, as the ungated steerer would).
     """
+    steerer = ungated_view(steerer, ungated, "fold")
     per_site = site_strengths(steerer, strength, inverse=inverse)
     model = steerer.model
     probe = probe_batch(steerer) if check else None
     expected = None
     if probe is not None:
         with torch.no_grad():
-            expected = steerer.runner.forward(probe, steerer.hooks(per_site, inverse=inverse))
+            expected = steerer.runner.forward(probe, steerer.fwd_hooks(per_site, inverse=inverse))
     handle = fold_maps(model, steerer.maps_, per_site, inverse=inverse)
     if probe is not None and isinstance(expected, Tensor):
         with torch.no_grad():

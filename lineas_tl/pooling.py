@@ -60,3 +60,42 @@ def pool(
         last = (pos * mask.to(x.device).long()).argmax(1)  # highest real position
         return x[torch.arange(x.shape[0], device=x.device), last]
     return x[mask.to(x.device).bool()]
+
+
+class BatchPooler:
+    """:func:`pool` for every site of one forward pass, with the mask work done once.
+
+    A fit pools dozens of sites per forward pass over the same ``[batch, pos]`` mask: the mask's
+    check, cast, move and count are done once per dtype and device instead of once per site. The
+    arithmetic is :func:`pool`'s (same kernels, same order), so the results are identical.
+    """
+
+    def __init__(self, mask: Int[Tensor, "batch pos"] | None, how: Pooling = "mean"):
+        if how not in POOLINGS:
+            raise ValueError(f"unknown pooling {how!r}; choose one of {POOLINGS}")
+        self.mask, self.how = mask, how
+        self._weights: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def __call__(
+        self, act: Tensor, feature_shape: tuple[int, ...], feature_axis: int
+    ) -> Float[Tensor, "n features"]:
+        n_feat = len(feature_shape)
+        if self.how != "mean" or feature_axis != 2 or act.ndim != 2 + n_feat:
+            return pool(act, feature_shape, feature_axis, self.mask, self.how)
+        x = act.flatten(2) if n_feat != 1 else act  # [batch, pos, features]
+        key = (x.dtype, x.device)
+        cached = self._weights.get(key)
+        if cached is None:
+            mask = self.mask
+            if mask is not None and mask.shape != x.shape[:2]:
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not fit activation positions {tuple(x.shape[:2])}"
+                )
+            if mask is None:
+                mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.long)
+            m = mask.to(device=x.device, dtype=x.dtype)
+            cached = self._weights[key] = (m, m.sum(1, keepdim=True).clamp_min(1))
+        elif cached[0].shape != x.shape[:2]:
+            return pool(act, feature_shape, feature_axis, self.mask, self.how)  # raises the same error
+        m, count = cached
+        return torch.einsum("bpf,bp->bf", x, m) / count

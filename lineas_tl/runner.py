@@ -150,7 +150,8 @@ class TokenSequences:
 
         mask = pad(ones)
         return Batch(
-            kwargs={"input": tokens.to(self.device), "attention_mask": mask}, mask=pad(pooled), size=len(seqs)
+            kwargs={"input": tokens.to(self.device), "attention_mask": mask}, mask=pad(pooled), size=len(seqs),
+            extra={"padding_side": padding_side},
         )
 
 
@@ -207,6 +208,14 @@ class LanguageModelRunner:
         # Fitting and collection never reuse a KV cache: building one costs memory, and a cache is
         # state that activation checkpointing's recomputation would write twice.
         self._takes_use_cache = "use_cache" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        # A bridge derives position ids from the attention mask and asks the device whether any row
+        # needs them (a sync per forward pass, which also blocks CUDA-graph capture). A right-padded
+        # batch never does (each row's real tokens sit at 0, 1, ...): hand it those positions.
+        accepts = getattr(model, "_accepts_derived_position_ids", None)
+        try:
+            self._gives_positions = bool(accepts()) if callable(accepts) else False
+        except Exception:  # noqa: BLE001 (a model that cannot tell: leave its positions alone)
+            self._gives_positions = False
 
     @property
     def device(self) -> torch.device:
@@ -288,6 +297,9 @@ class LanguageModelRunner:
             hooks = [*hooks, *_stop_after(sites)]
         if self._takes_use_cache:
             kwargs["use_cache"] = False
+        if self._gives_positions and batch.extra.get("padding_side") == "right" and "position_ids" not in kwargs:
+            kwargs["position_ids"] = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        hooks = [h for h in hooks if not getattr(h[1], "skips", False)]  # strength 0: not attached at all
         try:
             with self.model.hooks(fwd_hooks=hooks):
                 return self.model(tokens, **kwargs)
@@ -339,7 +351,8 @@ class LanguageModelRunner:
         kwargs.setdefault("stop_at_eos", self.tokenizer is not None)
         handle = self.model.register_forward_pre_hook(tracker.on_forward)
         try:
-            with self.model.hooks(fwd_hooks=make_hooks(tracker)):
+            hooks = [h for h in make_hooks(tracker) if not getattr(h[1], "skips", False)]  # strength 0: none
+            with self.model.hooks(fwd_hooks=hooks):
                 out = self.model.generate(
                     tokens,
                     attention_mask=mask,

@@ -42,11 +42,45 @@ def block_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-SITE_PRESETS = ("outputs", "norms")
+SITE_PRESETS = ("outputs", "norms", "paper")
+
+
+def paper_sites(model: Any) -> list[str]:
+    """Where the LinEAS paper places its maps on this architecture, in forward order.
+
+    The authors' language runs hook, and compute the loss at, every module matching
+    ``.*post.*layernorm`` (their README command for toxicity; ``docs/fitting.md``), and their
+    text-to-image runs every normalisation layer of the UNet (the paper's text). In
+    TransformerLens names:
+
+    - a diffusers UNet (:class:`~lineas_tl.diffusers.HookedPipeline`): every normalisation layer
+      that carries a hook point (``unet.*norm*``; 256 modules in SDXL's UNet);
+    - a model with post-sublayer norms (Gemma-2/3): both, ``blocks.L.ln1_post.hook_out`` and
+      ``blocks.L.ln2_post.hook_out``;
+    - a pre-LN model (GPT-2, Llama, Qwen2, SmolLM2): ``blocks.L.ln2.hook_out``, one site per block.
+      The regex matches only ``post_attention_layernorm`` there, the norm between attention and
+      the MLP, whose output the MLP reads.
+
+    Raises:
+        ValueError: a model with none of these hook points.
+    """
+    if hasattr(model, "paper_steering_sites"):
+        return resolve_sites(model, list(model.paper_steering_sites()))
+    names = hook_points(model)
+    suffixes = ("ln1_post.hook_out", "ln2_post.hook_out") if has_post_norms(model) else ("ln2.hook_out",)
+    wanted = [n for i in range(_n_layers(model)) for x in suffixes if (n := f"blocks.{i}.{x}") in names]
+    if not wanted:
+        raise ValueError(
+            f"{type(model).__name__} has no hook points for the paper's sites (looked for "
+            f"blocks.L.{suffixes[-1]}); pass `sites=` explicitly (hook names, a regex or a callable)."
+        )
+    return resolve_sites(model, wanted)
 
 
 def preset_sites(model: Any, preset: str) -> list[str]:
-    """Every block's pair of sites for a named ``preset``, in forward order.
+    """The sites of a named ``preset``, in forward order.
+
+    - ``"paper"``: the paper's own placement per architecture, see :func:`paper_sites`.
 
     - ``"outputs"``: ``blocks.L.hook_attn_out`` and ``blocks.L.hook_mlp_out``, what each sublayer
       adds to the residual stream.
@@ -55,10 +89,12 @@ def preset_sites(model: Any, preset: str) -> list[str]:
       the paper's; in a pre-LN model (GPT-2, Llama, SmolLM2) the norms sit before each sublayer, and
       the preset takes their outputs, ``blocks.L.ln1.hook_out`` and ``blocks.L.ln2.hook_out``: what the
       attention and the MLP read. Steering there changes what a sublayer sees but not the residual
-      stream that skips it.
+      stream that skips it. (The paper's own pre-LN placement is ``"paper"``: ``ln2`` only.)
     """
     if preset not in SITE_PRESETS:
         raise ValueError(f"unknown site preset {preset!r}; choose one of {SITE_PRESETS}")
+    if preset == "paper":
+        return paper_sites(model)
     names = hook_points(model)
     if preset == "outputs":
         pairs = [("hook_attn_out", "hook_mlp_out")]
@@ -100,8 +136,8 @@ def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:
 
     Args:
         model: a model exposing TransformerLens hook points.
-        sites: ``None`` for :func:`default_sites`; a preset name (``"outputs"``, ``"norms"``: see
-            :func:`preset_sites`); a hook name or alias; a list of them; a regular expression matched
+        sites: ``None`` for :func:`default_sites`; a preset name (``"outputs"``, ``"norms"``,
+            ``"paper"``: see :func:`preset_sites` and :func:`paper_sites`); a hook name or alias; a list of them; a regular expression matched
             against every name (full match); or a callable on names.
 
     Raises:

@@ -2,9 +2,9 @@
 
 Example:
     >>> steerer = HookedSteerer(model).fit(source_prompts, target_prompts)   # LinEAS
-    >>> with steerer.steer(strength=1.0):
+    >>> with steerer.hooks(strength=0.5):          # like TransformerLens's model.hooks()
     ...     logits = model(tokens)
-    >>> text = steerer.generate("The man said", strength=1.0, max_new_tokens=30)
+    >>> text = steerer.generate("The man said", strength=0.5, max_new_tokens=30)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from lineas_tl.calibrate import Calibration, calibrate, resolve_strength
 from lineas_tl.chat import CHAT_POOLS, ChatPool, as_conversations
+from lineas_tl.gate import Gate, GateOptions, fit_gate, generation_pool_mask, prepare_control
 from lineas_tl.hooks import POSITIONS, GenerationPositions, Positions, SteeringHook
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods import METHODS, FitContext
@@ -23,6 +24,8 @@ from lineas_tl.methods.base import frozen
 from lineas_tl.pooling import POOLINGS, Pooling
 from lineas_tl.runner import Hook, get_runner
 from lineas_tl.sites import SiteSpec, resolve_sites
+from lineas_tl.validate import check_prompts
+from lineas_tl.steerer_support import HookList, NotFittedError, resolve_hparams
 
 Strength = float | Mapping[str, float] | Literal["calibrated"]
 
@@ -34,8 +37,12 @@ class HookedSteerer:
         model: a ``TransformerBridge``, any other ``HookedRootModule``, or a
             :class:`lineas_tl.diffusers.HookedPipeline`. Its weights are never modified (except by
             :meth:`fold`, on request).
-        sites: where maps go: hook names or aliases, a regex, or a callable on names. Default: every
-            block's ``hook_attn_out`` and ``hook_mlp_out`` (for a UNet: every normalisation layer).
+        sites: where maps go: hook names or aliases, a regex, a callable on names, or a preset
+            (``"outputs"``, ``"norms"``; see :func:`lineas_tl.sites.preset_sites`). Default
+            (:func:`lineas_tl.sites.default_sites`): in a model with post-sublayer norms (Gemma-2/3)
+            the paper's sites, ``blocks.L.ln1_post.hook_out`` and ``blocks.L.ln2_post.hook_out``; in a
+            pre-LN model (GPT-2, Llama, SmolLM2) every block's ``hook_attn_out`` and ``hook_mlp_out``,
+            what those norms would write to the residual stream; in a UNet every normalisation layer.
         pooling: how a site's activation becomes one vector per prompt when fitting: ``"mean"`` over
             real tokens (the paper's choice), ``"last"`` token, or ``"all"`` tokens.
         pool_bos: keep a leading BOS token in the pooling (default: left out; it is identical for
@@ -43,9 +50,16 @@ class HookedSteerer:
         chat_pool: which tokens of a conversation prompt are pooled: ``"user"`` content (default),
             ``"content"`` of every message, or ``"all"`` (see :mod:`lineas_tl.chat`).
 
-    Fitted attributes (after :meth:`fit`): ``maps_`` (site -> :class:`AffineMap`), ``method_``,
-    ``hparams_``, ``history_``; after :meth:`calibrate`: ``calibrated_strength_`` and
-    ``calibration_`` (the :class:`~lineas_tl.calibrate.Calibration` record).
+    Fitted attributes (after :meth:`fit` or :meth:`load`; before, reading one raises
+    :class:`~lineas_tl.steerer_support.NotFittedError`): ``maps_`` (site -> :class:`AffineMap`),
+    ``method_``, ``hparams_`` (every hyper-parameter the method used, defaults included),
+    ``history_``; ``calibrated_strength_`` and ``calibration_`` (the
+    :class:`~lineas_tl.calibrate.Calibration` record) are None until :meth:`calibrate`.
+
+    Strength: 0 is the unsteered model, 1 the fitted map, values in between interpolate
+    (:math:`(1-\lambda) z + \lambda T(z)`) and values above 1 extrapolate (``compare`` and
+    ``calibrate`` search up to 2 when asked); a converged fit at 1 can cost fluency, so pick it
+    with :meth:`calibrate`.
     """
 
     def __init__(
@@ -67,15 +81,34 @@ class HookedSteerer:
         self.sites = resolve_sites(model, sites)
         self.pooling = pooling
         self.pool_bos = pool_bos
-        self.maps_: dict[str, AffineMap] = {}
-        self.method_: str | None = None
-        self.hparams_: dict[str, Any] = {}
-        self.history_: dict[str, Any] = {}
-        self.calibrated_strength_: float | None = None
-        self.calibration_: Calibration | None = None
+        # Fitted attributes (``maps_``, ``method_``, ``hparams_``, ``history_``, ``calibrated_strength_``,
+        # ``calibration_``) do not exist before fit() or load(): reading one raises NotFittedError.
+
+    maps_: dict[str, AffineMap]
+    method_: str | None
+    hparams_: dict[str, Any]
+    history_: dict[str, Any]
+    calibrated_strength_: float | None
+    calibration_: Calibration | None
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a fitted attribute (``name_``) before fit.
+        if name.endswith("_") and not name.startswith("_"):
+            raise NotFittedError(
+                f"{name} is set by fit(): this HookedSteerer is not fitted; call "
+                "fit(source, target) or HookedSteerer.load(path, model) first"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`load`) has set the maps."""
+        return "maps_" in vars(self)
 
     def __repr__(self) -> str:
-        state = f"fitted with {self.method_!r} on {len(self.maps_)} sites" if self.maps_ else "not fitted"
+        state = f"fitted with {self.method_!r} on {len(self.maps_)} sites" if self.is_fitted else "not fitted"
+        gate = getattr(self, "gate_", None) if self.is_fitted else None
+        state += f", {gate.describe()}" if gate is not None else ""
         return f"HookedSteerer({type(self.model).__name__}, {len(self.sites)} sites, {state})"
 
     # ------------------------------------------------------------------ fitting
@@ -88,6 +121,9 @@ class HookedSteerer:
         collect_batch_size: int = 32,
         progress: bool = True,
         chat: bool = False,
+        control: Any = None,
+        gate: bool | Mapping[str, Any] | GateOptions = False,
+        control_weight: float = 1.0,
         **hparams: Any,
     ) -> HookedSteerer:
         """Fit maps that move ``source_prompts``' activations to ``target_prompts``'.
@@ -102,13 +138,22 @@ class HookedSteerer:
             progress: show progress bars.
             chat: render string prompts as one-message user conversations with the tokenizer's chat
                 template (prompts that are already conversations are always rendered).
+            control: neutral prompts steering should leave alone (e.g. ``concept.control_prompts()``).
+                LinEAS adds a term keeping their activations where the unsteered model puts them
+                (weight ``control_weight``; see :mod:`lineas_tl.methods.control`).
+            gate: ``True`` (or a dict / :class:`~lineas_tl.gate.GateOptions`) fits a per-site probe,
+                source vs ``control``, whose probability scales each token's steering (DSAS; see
+                :mod:`lineas_tl.gate`). LinEAS trains it with its maps; other methods get it after
+                fitting. Stored as ``gate_`` (None without), accuracy in ``history_["gate"]``.
             **hparams: the method's hyper-parameters (e.g. ``steps``, ``lr``, ``gamma``, ``seed``).
 
         Returns:
-            ``self``, with ``maps_`` and ``history_`` set.
+            ``self``, with ``maps_``, ``gate_`` and ``history_`` set.
         """
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        check_prompts(source_prompts, "source")
+        check_prompts(target_prompts, "target")
         source_prompts = as_conversations(source_prompts, chat)
         target_prompts = as_conversations(target_prompts, chat)
         ctx = FitContext(
@@ -122,18 +167,26 @@ class HookedSteerer:
             source_raw=source_prompts,
             target_raw=target_prompts,
         )
+        ctx.control, ctx.gate_options = prepare_control(self.runner, control, chat, gate)
+        ctx.control_weight = float(control_weight)
         with frozen(self.model):
             result = METHODS[method](ctx, **hparams)
+            if ctx.gate_options is not None and ctx.fitted_gate is None:  # two stages: maps, then probes
+                ctx.fitted_gate = fit_gate(ctx, list(result.maps), ctx.gate_options)
         self.maps_ = result.maps
         self.method_ = method
-        self.hparams_ = dict(hparams)
+        self.hparams_ = resolve_hparams(METHODS[method], hparams, result.history)
+        self.hparams_given_ = dict(hparams)
         self.history_ = result.history
+        self.gate_: Gate | None = ctx.fitted_gate
+        if self.gate_ is not None:
+            self.history_["gate"] = self.gate_.summary()
         self.calibrated_strength_, self.calibration_ = None, None  # new maps: calibrate again
         return self
 
     def _check_fitted(self) -> None:
-        if not self.maps_:
-            raise RuntimeError("this steerer is not fitted: call fit(source, target) or load() first")
+        if not self.is_fitted:
+            raise NotFittedError("this steerer is not fitted: call fit(source, target) or HookedSteerer.load() first")
 
     # ---------------------------------------------------------------- applying
     def hooks(
@@ -143,22 +196,45 @@ class HookedSteerer:
         inverse: bool = False,
         positions: Positions = "all",
         tracker: GenerationPositions | None = None,
+    ) -> HookList:
+        """Context manager, like TransformerLens's ``model.hooks()``: the maps are attached inside
+        ``with steerer.hooks(0.5):`` and removed on exit, even on error. Arguments as :meth:`fwd_hooks`.
+
+        Reading the result as a list of ``(site, hook)`` pairs still works for one release, with a
+        ``DeprecationWarning``: use :meth:`fwd_hooks` for the list.
+        """
+        pairs = self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker)
+        return HookList(pairs, self.model)
+
+    def fwd_hooks(
+        self,
+        strength: Strength = 1.0,
+        *,
+        inverse: bool = False,
+        positions: Positions = "all",
+        tracker: GenerationPositions | None = None,
+        pool_mask: Any = None,
     ) -> list[Hook]:
-        """The ``(site, hook)`` pairs that apply the fitted maps, for ``model.hooks(fwd_hooks=...)``.
+        """The ``(site, hook)`` pairs that apply the fitted maps, for ``model.hooks(fwd_hooks=...)``
+        or ``model.run_with_hooks(tokens, fwd_hooks=...)``.
 
         ``strength`` is a float for every site, ``{site: float}`` (sites left out are not
         steered), or ``"calibrated"`` (:attr:`calibrated_strength_`, see :meth:`calibrate`).
-        ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove).
+        ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove). A gated steerer's hooks
+        scale each token's steering by its gate (``pool_mask``: the tokens the gate counts, see
+        :class:`~lineas_tl.gate.GateState`).
         """
         self._check_fitted()
         strength = resolve_strength(self, strength, inverse)
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
         per_site = self._strengths(strength)
-        return [
+        pairs: list[Hook] = [
             (site, SteeringHook(m, per_site[site], inverse, positions, tracker))
             for site, m in self.maps_.items()
         ]
+        gate = getattr(self, "gate_", None)
+        return pairs if gate is None else gate.wrap(pairs, tracker, pool_mask)
 
     def _strengths(self, strength: Strength) -> dict[str, float]:
         if not isinstance(strength, Mapping):
@@ -173,12 +249,13 @@ class HookedSteerer:
     def steer(
         self, strength: Strength = 1.0, *, inverse: bool = False, positions: Positions = "all"
     ) -> Iterator[HookedSteerer]:
-        """Context manager: the maps are active inside, removed on exit (even on error).
+        """Context manager: the maps are active inside, removed on exit (even on error). The same as
+        :meth:`hooks`, except that it yields the steerer (``hooks`` yields the model, as TransformerLens does).
 
         Several steerers compose (``with a.steer(0.5), b.steer(1.0):``); at a shared site, maps apply
         in the order the contexts were entered.
         """
-        with self.model.hooks(fwd_hooks=self.hooks(strength, inverse=inverse, positions=positions)):
+        with self.model.hooks(fwd_hooks=self.fwd_hooks(strength, inverse=inverse, positions=positions)):
             yield self
 
     def generate(
@@ -197,13 +274,25 @@ class HookedSteerer:
         are then the assistant's reply, which ``positions="generated"`` scopes to) or token ids;
         ``positions`` says which tokens are steered (``"all"``, ``"prompt"`` or
         ``"generated"``), exactly, with or without the KV cache. Keyword arguments go to the model's
-        ``generate`` (``max_new_tokens``, ``do_sample``, ``use_past_kv_cache``, ...). For a diffusion
-        pipeline, returns images (see :mod:`lineas_tl.diffusers`).
+        ``generate`` (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``,
+        ``repetition_penalty``, ``use_past_kv_cache``, ...). For a diffusion pipeline, returns images
+        (see :mod:`lineas_tl.diffusers`).
+
+        Where it differs from ``TransformerBridge.generate``: decoding is **greedy** by default
+        (``do_sample=False``; the bridge samples) and ``max_new_tokens`` defaults to 30 (the bridge: 10),
+        so two calls compare like with like. Compare against ``steerer.generate(prompt, strength=0)``
+        (the unsteered model, same settings), or pass ``do_sample=True`` to sample as the bridge does
+        (seed with ``torch.manual_seed``). It returns the prompt and the continuation as text, as the
+        bridge does for text; ``return_type="continuation"`` returns the new text only,
+        ``return_type="tokens"`` the token ids.
         """
         self._check_fitted()
 
+        gated = getattr(self, "gate_", None) is not None
+        mask = generation_pool_mask(self.runner, prompt, kwargs.get("chat", False), kwargs.get("attention_mask")) if gated else None
+
         def make_hooks(tracker: GenerationPositions | None) -> list[Hook]:
-            return self.hooks(strength, inverse=inverse, positions=positions, tracker=tracker)
+            return self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker, pool_mask=mask)
 
         return self.runner.generate(prompt, make_hooks, **kwargs)
 
@@ -221,6 +310,15 @@ class HookedSteerer:
         return self
 
     # ---------------------------------------------------------------- inspecting
+    def gates(self, text: Any, strength: Strength = 1.0, *, inverse: bool = False) -> Any:
+        """Per-token, per-site gate values of ``text`` under steering at ``strength`` (a gated
+        steerer only): a :class:`~lineas_tl.gate.inspect.GateTrace` (``tokens``, ``values``,
+        ``accuracy``, ``active``, ``mean()``)."""
+        from lineas_tl.gate.inspect import gates
+
+        self._check_fitted()
+        return gates(self, text, strength, inverse=inverse)
+
     def support(self) -> dict[str, float]:
         """Share of coordinates each site's map moves (``|omega-1|`` or ``|b|`` above 1e-5)."""
         self._check_fitted()
@@ -234,15 +332,18 @@ class HookedSteerer:
         self._check_fitted()
         save_steerer(self, path)
 
-    def fold(self, strength: Strength = 1.0, *, inverse: bool = False, check: bool = True) -> Any:
+    def fold(
+        self, strength: Strength = 1.0, *, inverse: bool = False, check: bool = True, ungated: bool = False
+    ) -> Any:
         """Write the maps into the model's linear layers (zero-overhead serving); see :mod:`lineas_tl.fold`.
+        A gated steerer is refused unless ``ungated=True`` (fold its maps without the gate).
 
         Returns a :class:`~lineas_tl.fold.FoldHandle`: ``handle.undo()`` (or leaving
         ``with steerer.fold(...):``) restores the exact original weights.
         """
         from lineas_tl.fold import fold
 
-        return fold(self, strength, inverse=inverse, check=check)
+        return fold(self, strength, inverse=inverse, check=check, ungated=ungated)
 
     def export(
         self,
@@ -252,15 +353,18 @@ class HookedSteerer:
         *,
         inverse: bool = False,
         source: str | os.PathLike[str] | None = None,
+        ungated: bool = False,
     ) -> Any:
-        """Write the steered model for serving: ``format="gguf"`` (weights folded, for llama.cpp /
+        """A gated steerer is refused unless ``ungated=True`` (export its maps without the gate).
+
+        Write the steered model for serving: ``format="gguf"`` (weights folded, for llama.cpp /
         Ollama), ``"control-vector"`` (llama.cpp, additive steerers only) or ``"hf"`` (a Hugging Face
         directory); ``strength`` may be ``"calibrated"``. See :mod:`lineas_tl.export`. Returns the path.
         """
         from lineas_tl.export import export
 
         self._check_fitted()
-        return export(self, path, format, strength, inverse=inverse, source=source)
+        return export(self, path, format, strength, inverse=inverse, source=source, ungated=ungated)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Any) -> HookedSteerer:

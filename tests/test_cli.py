@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -63,7 +64,9 @@ def test_fit_writes_a_loadable_steerer(saved_steerer, gpt2_dir):
     from lineas_tl.models import load
 
     meta = json.loads((saved_steerer / "steerer.json").read_text())
-    assert meta["method"] == "lineas" and meta["hparams"] == {"lr": 0.05, "steps": 3, "seed": 1}
+    assert meta["method"] == "lineas" and meta["hparams_given"] == {"lr": 0.05, "steps": 3, "seed": 1}
+    assert {"lr": 0.05, "steps": 3, "seed": 1, "gamma": 0.0}.items() <= meta["hparams"].items()  # defaults too
+    assert meta["model"]["name"] == str(Path(gpt2_dir).resolve())
     steerer = HookedSteerer.load(saved_steerer, load(str(gpt2_dir)))
     assert len(steerer.maps_) == 6
 
@@ -88,17 +91,26 @@ def test_generate_with_the_fitted_steerer(saved_steerer, gpt2_dir, tmp_path):
 
     text = invoke("generate", *common, "--prompt", "the cat", "--inverse")
     assert text.exit_code == 0 and text.stdout.startswith("> the cat\n  steered (1, inverse): the cat")
+    # without --model: the model the steerer was fitted on (recorded in its JSON), not SmolLM2
+    own = invoke("generate", *common[2:], "--prompt", "the cat", "--inverse")
+    assert own.exit_code == 0, own.output + own.stderr
+    assert own.stdout == text.stdout
 
 
 def test_export_writes_a_steered_hugging_face_model(saved_steerer, gpt2_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    result = invoke("export", "--model", gpt2_dir, "--steerer", saved_steerer, "--out", tmp_path / "m", "--strength", 2)
+    result = invoke(
+        "export", "--model", gpt2_dir, "--steerer", saved_steerer, "-f", "hf", "--out", tmp_path / "m", "--strength", 2
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "wrote the steered model (strength 2)" in result.stdout
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m") is not None
-    again = invoke("export", "--model", gpt2_dir, "--steerer", saved_steerer, "--out", tmp_path / "m")
+    again = invoke("export", "--model", gpt2_dir, "--steerer", saved_steerer, "-f", "hf", "--out", tmp_path / "m")
     assert_one_line_error(again, "not an empty directory")
+    # the default format is gguf, as in Python's steerer.export (a GPT-2 has no GGUF to fold into)
+    default = invoke("export", "--steerer", saved_steerer, "--out", tmp_path / "m.gguf")
+    assert_one_line_error(default, "gpt2")
 
 
 def test_compare_tabulates_methods(gpt2_dir, prompt_files, tmp_path):
@@ -106,23 +118,31 @@ def test_compare_tabulates_methods(gpt2_dir, prompt_files, tmp_path):
     evals.write_text("the weather is\nmy dog likes\n")
     result = invoke(
         "compare", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
-        "--eval-prompts", evals, "--method", "mean_act", "--strengths", "0,1",
+        "--eval-prompts", evals, "--method", "mean_act", "--strength", 0, "--strength", 1, "--extra-strength", "none",
         "--max-new-tokens", 3, "--out", tmp_path / "cmp", "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
     assert "mean_act" in result.stdout and "perplexity" in result.stdout
     assert (tmp_path / "cmp" / "comparison.csv").exists()
-    again = invoke("frontier", tmp_path / "cmp" / "comparison.csv", "--select", "calibrated", "--budget", "0.5")
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert sorted(table["strength"].dropna().unique()) == [0, 1]
+    again = invoke("frontier", "--table", tmp_path / "cmp" / "comparison.csv", "--select", "calibrated", "--budget", "0.5")
     assert again.exit_code == 0, again.output
     assert "mean_act" in again.stdout and "≤ +50% ppl" in again.stdout
-    assert_one_line_error(invoke("frontier", tmp_path / "none.csv"), "is not a file")
+    old = invoke("frontier", tmp_path / "cmp" / "comparison.csv", "--select", "calibrated", "--budget", "0.5")
+    assert old.exit_code == 0 and old.stdout == again.stdout and "deprecated" in old.stderr
+    assert_one_line_error(invoke("frontier", "--table", tmp_path / "none.csv"), "is not a file")
 
 
 def test_info_describes_the_steerer(saved_steerer):
-    result = invoke("info", saved_steerer)
+    result = invoke("info", "--steerer", saved_steerer)
     assert result.exit_code == 0, result.output
     assert "method:      lineas" in result.stdout and "6 sites" in result.stdout
     assert "blocks.0.attn.hook_out  affine (32,)" in result.stdout
+    assert '"gamma": 0.0' in result.stdout and "chat_pool=user" in result.stdout  # defaults recorded
+    old = invoke("info", saved_steerer)  # the positional form: deprecated, still works
+    assert old.exit_code == 0 and old.stdout == result.stdout and "--steerer DIR" in old.stderr
+    assert_one_line_error(invoke("info"), "--steerer DIR")
 
 
 @pytest.mark.parametrize("command", [[], ["fit"], ["generate"], ["compare"], ["export"], ["demo"], ["info"], ["frontier"]])
@@ -130,6 +150,39 @@ def test_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+def test_help_lists_commands_in_workflow_order_and_version_works():
+    from lineas_tl import __version__
+
+    lines = invoke("--help").stdout.splitlines()
+    listed = [line.split()[1] for line in lines if line.startswith("│ ") and not line[2].isspace()]
+    commands = [c for c in listed if not c.startswith("-")]
+    assert commands[:6] == ["fit", "generate", "calibrate", "compare", "export", "info"], commands
+    version = invoke("--version")
+    assert version.exit_code == 0 and version.stdout.strip() == f"lineas-tl {__version__}"
+
+
+def test_fit_help_names_every_method_and_the_default_sites():
+    from lineas_tl.methods import METHODS
+
+    text = " ".join(invoke("fit", "--help").stdout.replace("│", " ").split())
+    for name in METHODS:
+        assert name in text, name
+    assert "ln1_post/ln2_post" in text and "outputs" in text and "norms" in text
+
+
+def test_export_help_defaults_to_gguf():
+    text = " ".join(invoke("export", "--help").stdout.replace("│", " ").split())
+    assert "[default: gguf]" in text
+
+
+def test_comma_lists_are_split_with_a_deprecation_notice(capsys):
+    from lineas_tl.cli_support import split_list
+
+    assert split_list(["lineas", "caa"], "--method") == ["lineas", "caa"]
+    assert split_list(["lineas,caa"], "--method") == ["lineas", "caa"]
+    assert "repeat --method" in capsys.readouterr().err
 
 
 def test_no_arguments_shows_the_commands():

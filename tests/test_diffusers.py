@@ -349,3 +349,20 @@ def test_save_and_load_round_trip(tmp_path, hooked):
     a = steerer.generate("a photo of a red cat", strength=1.0, seed=1, output_type="np")
     b = loaded.generate("a photo of a red cat", strength=1.0, seed=1, output_type="np")
     assert np.array_equal(a, b)
+
+
+def test_paper_sites_and_preset_on_a_unet(pipe, hooked):
+    from lineas_tl.methods.lineas_presets import resolve_preset
+
+    norms = [n for n in hooked.hook_dict if re.fullmatch(r".*norm[^.]*", n.split(".")[-1])]
+    assert norms and resolve_sites(hooked, "paper") == norms == hooked.default_steering_sites()
+    blocks = HookedPipeline(pipe, "blocks")
+    with pytest.raises(ValueError, match="no normalisation layer"):
+        resolve_sites(blocks, "paper")
+    blocks.remove_hook_points()
+    name, cfg = resolve_preset("paper", hooked.lineas_runner())
+    assert name == "paper_unet"
+    assert (cfg["optimizer"], cfg["lr"], cfg["batch_size"], cfg["steps"], cfg["init"]) == ("adamw", 1e-4, 4, 1000, "identity")
+    steerer = HookedSteerer(hooked, sites="paper").fit(SOURCE[:8], TARGET[:8], preset="paper", steps=2, progress=False, warn=False)
+    h = steerer.history_
+    assert h["preset"] == "paper_unet" and h["lr"][0] == pytest.approx(1e-4) and h["config"]["batch_size"] == 4

@@ -42,6 +42,15 @@ def test_each_format_writes_its_file(steerers, llama_dir, tmp_path):
     assert (tmp_path / "hf" / "config.json").exists()
 
 
+def test_the_default_format_is_gguf_as_in_python(steerers, llama_dir, tmp_path):
+    import inspect
+
+    assert inspect.signature(HookedSteerer.export).parameters["format"].default == "gguf"
+    res = invoke("export", "--model", llama_dir, "--steerer", steerers["affine"], "--out", tmp_path / "d.gguf")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "as gguf" in res.stdout and gguf.GGUFReader(tmp_path / "d.gguf").tensors
+
+
 def test_errors_are_one_line(steerers, llama_dir, tmp_path):
     common = ["--model", llama_dir, "--steerer", steerers["affine"]]
     assert_one_line_error(invoke("export", *common, "--format", "onnx", "--out", tmp_path / "x"), "unknown --format")

@@ -1,4 +1,7 @@
-"""Parity in a real llama.cpp (llama-cpp-python, the ``serve`` extra): exported GGUFs and control vectors.
+"""Parity in a real llama.cpp (llama-cpp-python, installed by ``tools/install_llama_cpp.py``):
+exported GGUFs and control vectors. llama.cpp always runs in a child process
+(:mod:`lineas_tl.export.llama_cpp`): a native crash fails one test, with the signal, the file and the
+build's CPU features in its message, and the rest of the suite runs.
 
 Two levels:
 
@@ -7,62 +10,33 @@ Two levels:
   alone moves these logits by ~2e-3), while the steering moves them by ~3.
 - **The real thing**, on the embedded SmolLM2 GGUF (Q4_1 weights; llama.cpp also quantises the
   activations entering each Q4_1 product to 8 bits). Plain logits already differ from the bridge's
-  by up to ~0.8, so the check is on what the steering *changes*: the steered-minus-plain
-  last-position logits of llama.cpp and of the bridge point the same way (cosine), the steered
-  top-1 token agrees, greedy continuations agree, and the concept score (VADER negativity) moves
-  the same way. The folded GGUF and the control vector, exactly equivalent on paper, differ from
-  each other in llama.cpp by about as much as either differs from the bridge.
+  by up to ~0.8, and by how much depends on the build (which SIMD kernels it has). The criteria
+  therefore hold for any correct build (:mod:`lineas_tl.export.parity`): teacher-forced on the
+  bridge's own steered continuation, the steering's change in logits points the same way in both
+  (delta cosine), and the steered top-1 agrees wherever the bridge's margin exceeds twice the plain
+  model's error there. Free-running text is checked only where that is robust: the concept score
+  (VADER negativity) moves the same way.
 """
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from llama_cpp import Llama
-from llama_cpp import llama_cpp as lib
 from test_fold import manual
 
 from lineas_tl import HookedSteerer
+from lineas_tl.export import llama_cpp, parity
 from lineas_tl.export.gguf_from_hf import write_llama_gguf
 
 gguf = pytest.importorskip("gguf")
+if importlib.util.find_spec("llama_cpp") is None:  # found, not imported: llama.cpp runs in children only
+    pytest.skip("llama.cpp is installed by: python tools/install_llama_cpp.py", allow_module_level=True)
 
 TOKENS = [0, 5, 17, 3, 42, 8, 99, 23]
-
-
-def open_llama(path: Path, control_vector: Path | None = None, n_ctx: int = 256) -> Llama:
-    """llama.cpp on ``path``; a control vector is applied the way llama.cpp's own loader does."""
-    llm = Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, verbose=False, n_threads=1, seed=0)
-    if control_vector is not None:
-        n_embd, n_layer = llm.n_embd(), int(lib.llama_model_n_layer(llm.model))
-        data = np.zeros((n_layer - 1) * n_embd, dtype=np.float32)  # starts at layer 1, as llama.cpp's
-        for t in gguf.GGUFReader(control_vector).tensors:
-            layer = int(t.name.removeprefix("direction."))
-            assert layer >= 1 and t.tensor_type.name == "F32" and t.data.shape == (n_embd,)
-            data[(layer - 1) * n_embd : layer * n_embd] = t.data
-        ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        assert lib.llama_set_adapter_cvec(llm.ctx, ptr, data.size, n_embd, 1, n_layer - 1) == 0
-        llm._lineas_cvec = data  # keep the buffer alive with the context
-    return llm
-
-
-def cpp_logits(llm: Llama, tokens: list[int]) -> np.ndarray:
-    llm.reset()
-    llm.eval(tokens)
-    return np.array(llm.scores[: len(tokens)], dtype=np.float64)
-
-
-def cpp_greedy(llm: Llama, tokens: list[int], n: int) -> list[int]:
-    out: list[int] = []
-    for tok in llm.generate(tokens, temp=0.0, top_k=1, reset=True):
-        out.append(int(tok))
-        if len(out) == n:
-            return out
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +52,8 @@ def test_plain_tiny_gguf_matches_the_bridge(tiny):
     model, path = tiny
     with torch.no_grad():
         ref = model(torch.tensor([TOKENS]))[0].double().numpy()
-    llm = open_llama(path, n_ctx=64)
-    try:
-        assert np.abs(cpp_logits(llm, TOKENS) - ref).max() <= 1e-2
-    finally:
-        llm.close()
+    (got,) = llama_cpp.logits(path, [TOKENS])
+    assert np.abs(got - ref).max() <= 1e-2
 
 
 def test_folded_gguf_is_exact_in_llama_cpp(tiny, tmp_path):
@@ -96,11 +67,7 @@ def test_folded_gguf_is_exact_in_llama_cpp(tiny, tmp_path):
         plain = model(torch.tensor([TOKENS]))[0].double().numpy()
         with steerer.steer(0.7):
             hooked = model(torch.tensor([TOKENS]))[0].double().numpy()
-    llm = open_llama(out, n_ctx=64)
-    try:
-        got = cpp_logits(llm, TOKENS)
-    finally:
-        llm.close()
+    (got,) = llama_cpp.logits(out, [TOKENS])
     assert np.abs(hooked - plain).max() > 0.5
     assert np.abs(got - hooked).max() <= 1e-2
 
@@ -117,16 +84,8 @@ def test_control_vector_is_exact_in_llama_cpp(tiny, tmp_path):
     assert fields["controlvector.model_hint"].contents() == "llama"
     with torch.no_grad(), steerer.steer(0.8):
         hooked = model(torch.tensor([TOKENS]))[0].double().numpy()
-    llm = open_llama(path, control_vector=out, n_ctx=64)
-    try:
-        got = cpp_logits(llm, TOKENS)
-    finally:
-        llm.close()
+    (got,) = llama_cpp.logits(path, [TOKENS], control_vector=out)
     assert np.abs(got - hooked).max() <= 1e-2
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.mark.slow
@@ -139,61 +98,28 @@ def test_smollm2_steered_in_llama_cpp_like_in_transformer_lens(smollm2, tmp_path
     add = HookedSteerer(smollm2, sites).fit(split.source, split.target, method="mean_act", progress=False)
     aff = HookedSteerer(smollm2, sites).fit(split.source, split.target, method="linear_act", support=None,
                                             progress=False)
-    source = Path(smollm2.lineas_tl_source_gguf)
+    plain = Path(smollm2.lineas_tl_source_gguf)
     runs = {  # name: (steerer, llama.cpp model file, control vector)
-        "plain": (None, source, None),
         "mean_act gguf": (add, add.export(tmp_path / "add.gguf", format="gguf"), None),
-        "mean_act control vector": (add, source, add.export(tmp_path / "add-cvec.gguf", format="control-vector")),
+        "mean_act control vector": (add, plain, add.export(tmp_path / "add-cvec.gguf", format="control-vector")),
         "linear_act gguf": (aff, aff.export(tmp_path / "aff.gguf", format="gguf"), None),
     }
     prompts = concept.eval_prompts[:6]
-    tokens = [smollm2.to_tokens(p)[0].tolist() for p in prompts]  # BOS included, as llama.cpp adds it
+    tokens = [smollm2.to_tokens(p)[0].tolist() for p in prompts]  # BOS included, as llama.cpp adds none
     n_new = 12
-    results, tl_runs = {}, {}
+    negativity = lambda gens: float(np.mean(concept.score([smollm2.tokenizer.decode(g) for g in gens])))  # noqa: E731
+    plain_cpp = negativity(llama_cpp.greedy(plain, tokens, n_new))
+    plain_tl = negativity([s[len(t):] for s, t in zip(parity.bridge_continuations(smollm2, tokens, n_new), tokens)])
     for name, (steerer, model_file, cvec) in runs.items():
-        if id(steerer) not in tl_runs:  # the bridge's side, once per steerer
-            with torch.no_grad(), (steerer.steer(1.0) if steerer is not None else _nothing()):
-                tl_last = np.array([smollm2(torch.tensor([t]))[0, -1].double().numpy() for t in tokens])
-                tl_gen = [_tl_greedy(smollm2, t, n_new) for t in tokens]
-            tl_runs[id(steerer)] = (tl_last, tl_gen)
-        tl_last, tl_gen = tl_runs[id(steerer)]
-        llm = open_llama(model_file, control_vector=cvec)
-        try:
-            cpp_last = np.array([cpp_logits(llm, t)[-1] for t in tokens])
-            cpp_gen = [cpp_greedy(llm, t, n_new) for t in tokens]
-        finally:
-            llm.close()
-        score = {
-            side: float(np.mean(concept.score([smollm2.tokenizer.decode(g) for g in gens])))
-            for side, gens in (("tl", tl_gen), ("cpp", cpp_gen))
-        }
-        results[name] = (tl_last, cpp_last, tl_gen, cpp_gen, score)
-    tl0, cpp0, *_, score0 = results.pop("plain")
-    for name, (tl_last, cpp_last, tl_gen, cpp_gen, score) in results.items():
-        cos = [cosine(a - b, c - d) for a, b, c, d in zip(tl_last, tl0, cpp_last, cpp0)]
-        top1 = np.mean([a.argmax() == b.argmax() for a, b in zip(tl_last, cpp_last)])
-        same = np.mean([a == b for ga, gb in zip(tl_gen, cpp_gen) for a, b in zip(ga, gb)])
-        whole = np.mean([ga == gb for ga, gb in zip(tl_gen, cpp_gen)])
-        msg = (f"{name}: delta cosines {np.round(cos, 3)}, top-1 {top1:.2f}, greedy tokens agreeing {same:.2f}, "
-               f"whole continuations agreeing {whole:.2f}, negativity {score} (plain {score0})")
+        report = parity.teacher_forced(smollm2, steerer, model_file, prompts, plain_gguf=plain,
+                                       control_vector=cvec, n_new=n_new)
+        with steerer.steer(1.0):
+            tl_gen = [s[len(t):] for s, t in zip(parity.bridge_continuations(smollm2, tokens, n_new), tokens)]
+        cpp_gen = llama_cpp.greedy(model_file, tokens, n_new, control_vector=cvec)
+        score = {"tl": negativity(tl_gen), "cpp": negativity(cpp_gen)}
+        msg = f"{name}: {report}; negativity {score} (plain: tl {plain_tl:.3f}, cpp {plain_cpp:.3f})"
         print(msg)
-        assert np.median(cos) >= 0.95 and min(cos) >= 0.5, msg
-        assert top1 >= 0.8, msg
-        assert same >= 0.6 and whole >= 0.5, msg
-        # the concept score moves the same way (down: less negativity) in both
-        assert score["tl"] < score0["tl"] and score["cpp"] < score0["cpp"], msg
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _tl_greedy(model, tokens: list[int], n: int) -> list[int]:
-    x = torch.tensor([tokens])
-    for _ in range(n):
-        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return x[0, len(tokens) :].tolist()
+        report.check()  # median delta cosine >= 0.9, decisive top-1 all agree
+        assert report.n_decisive >= 10, msg  # the top-1 check had positions to judge
+        # free-running text: only the direction of the concept score, which any correct build keeps
+        assert score["tl"] < plain_tl and score["cpp"] < plain_cpp, msg

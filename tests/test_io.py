@@ -55,7 +55,8 @@ def test_round_trip_is_exact(gpt2_model, text_sets, tmp_path):
         assert (got.feature_shape, got.feature_axis, got.kind) == (m.feature_shape, m.feature_axis, m.kind)
         assert not got.weight.requires_grad
     assert loaded.method_ == "lineas"
-    assert loaded.hparams_ == {"steps": 3, "lr": 0.05, "seed": 0}
+    assert loaded.hparams_ == steerer.hparams_ and loaded.hparams_given_ == {"steps": 3, "lr": 0.05, "seed": 0}
+    assert loaded.hparams_["steps"] == 3 and loaded.hparams_["schedule"] in ("constant", "cosine")  # defaults too
     assert loaded.sites == steerer.sites and loaded.pooling == steerer.pooling
     assert loaded.history_["loss"] == steerer.history_["loss"]
 
@@ -237,11 +238,16 @@ def test_a_steerer_saved_by_the_first_release_still_loads(native_model, tmp_path
     meta_file = tmp_path / "s" / "steerer.json"
     meta = json.loads(meta_file.read_text())
     del meta["calibration"]
+    for key in ("chat_pool", "hparams_given", "gate"):  # added by later formats
+        meta.pop(key, None)
+    meta["model"].pop("name", None)
+    meta["format_version"] = 1
     meta["hparams"] = {"steps": 100, "lr": 0.001}
     meta["history"] = {"loss": [1.0, 0.5]}
     meta_file.write_text(json.dumps(meta))
     loaded = HookedSteerer.load(tmp_path / "s", native_model)
     assert loaded.calibrated_strength_ is None and loaded.hparams_ == {"steps": 100, "lr": 0.001}
+    assert loaded.hparams_given_ == {"steps": 100, "lr": 0.001} and loaded.chat_pool == "user"
     for site, m in s.maps_.items():
         assert torch.equal(loaded.maps_[site].weight, m.weight) and loaded.maps_[site].lo is None
 

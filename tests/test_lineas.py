@@ -1,5 +1,6 @@
 """LinEAS: gradients cross layers, the end-to-end fit beats the local one, the prox step sparsifies."""
 
+import pytest
 import torch
 
 from conftest import native
@@ -95,3 +96,89 @@ def test_sgd_token_pooling_and_pot_backend(native_model):
     tokens = HookedSteerer(native_model, pooling="all").fit(source, target, steps=5, progress=False)
     assert sgd.history_["loss"][-1] < sgd.history_["loss"][0]
     assert torch.isfinite(torch.tensor(tokens.history_["loss"])).all()
+
+
+# ------------------------------------------------------------------ presets (issue 18)
+def test_paper_preset_on_a_language_model_is_sgd_cosine_1000_steps_from_the_identity(llama_model, text_sets):
+    from lineas_tl.methods.lineas_presets import resolve_preset
+
+    steerer = HookedSteerer(llama_model, sites="paper")
+    name, cfg = resolve_preset("paper", steerer.runner)
+    assert name == "paper_language"
+    assert cfg["optimizer"] == "sgd" and cfg["lr"] == 0.1 and cfg["schedule"] == "cosine" and cfg["steps"] == 1000
+    assert cfg["init"] == "identity" and not cfg["early_stop"] and not cfg["standardize"] and cfg["all_targets"]
+    src, tgt = text_sets["source"][:8], text_sets["target"][:12]
+    h = steerer.fit(src, tgt, preset="paper", steps=4, progress=False, warn=False).history_
+    assert h["preset"] == "paper_language" and h["config"]["optimizer"] == "sgd"
+    assert h["init_used"] == "identity" and h["warm_start_loss"] is None
+    assert h["lr"][0] == pytest.approx(0.1) and h["lr"][-1] < h["lr"][0]  # cosine decay
+    # every target prompt in every step: the first loss is the identity's loss against all 12 targets
+    assert h["loss"][0] == pytest.approx(h["identity_loss"], rel=1e-5)
+    target = collect_activations(llama_model, tgt, steerer.sites, progress=False)
+    source = collect_activations(llama_model, src, steerer.sites, progress=False)
+    assert float(global_loss(source, target)[0]) == pytest.approx(h["identity_loss"], rel=1e-4)
+
+
+def test_one_paper_step_is_plain_sgd(native_model):
+    """SGD lr 0.1, no momentum: after one step the maps moved by exactly -0.1 x the first gradient."""
+    source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
+    runner = get_runner(native_model)
+    sites = HookedSteerer(native_model).sites
+    ctx = FitContext(runner, runner.prepare(source), runner.prepare(target), sites)
+    maps = ctx.identity_maps()
+    with frozen(native_model):
+        pooled, _ = pooled_forward(runner, ctx.source.batch(range(8)), sites, maps=maps, detach=False)
+        global_loss(pooled, ctx.pooled("target"))[0].backward()
+    with pytest.warns(UserWarning, match="paper.s sites"):  # the default sites are not ln2.hook_out
+        s = HookedSteerer(native_model).fit(source, target, preset="paper", steps=1, progress=False, warn=False)
+    site = sites[0]
+    torch.testing.assert_close(s.maps_[site].bias, -0.1 * maps[site].bias.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(s.maps_[site].weight, 1 - 0.1 * maps[site].weight.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_authors_yaml_preset_keeps_the_adam_recipe(native_model):
+    source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
+    h = HookedSteerer(native_model).fit(source, target, preset="authors_yaml", steps=2, progress=False, warn=False).history_
+    assert h["preset"] == "authors_yaml"
+    assert {k: h["config"][k] for k in ("optimizer", "lr", "schedule", "init")} == {
+        "optimizer": "adam", "lr": 1e-3, "schedule": "cosine", "init": "identity",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="authors_yaml"):
+        HookedSteerer(native_model).fit(source, target, preset="yaml", progress=False)
+
+
+def test_paper_preset_off_the_paper_sites_warns(llama_model, text_sets):
+    src, tgt = text_sets["source"][:8], text_sets["target"][:8]
+    with pytest.warns(UserWarning, match="sites='paper'"):
+        HookedSteerer(llama_model).fit(src, tgt, preset="paper", steps=1, progress=False, warn=False)
+
+
+# ------------------------------------------------------------------ validation (issue 18)
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lr": -0.1}, "lr"), ({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
+        ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"tol": 0.0}, "tol"), ({"tol": -1e-3}, "tol"),
+        ({"patience": 0}, "patience"), ({"gamma": -0.1}, "gamma"), ({"gamma": float("nan")}, "gamma"),
+        ({"l1": -1.0}, "l1"), ({"batch_size": 0}, "batch_size"), ({"warmup": -1}, "warmup"),
+    ],
+)  # fmt: skip
+def test_bad_hyper_parameters_are_refused_with_the_fix(native_model, kwargs, name):
+    from lineas_tl.validate import SteeringInputError
+
+    source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
+    with pytest.raises(SteeringInputError, match=rf"^{name} must .*: pass") as err:
+        HookedSteerer(native_model).fit(source, target, progress=False, **kwargs)
+    assert isinstance(err.value, ValueError)
+
+
+def test_lineas_needs_four_prompts_a_set(native_model):
+    from lineas_tl.validate import SteeringInputError
+
+    source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
+    with pytest.raises(SteeringInputError, match="LinEAS needs at least 4 source prompts.*got 3"):
+        HookedSteerer(native_model).fit(source[:3], target, progress=False)
+    with pytest.raises(SteeringInputError, match="LinEAS needs at least 4 target prompts.*got 2"):
+        HookedSteerer(native_model).fit(source, target[:2], progress=False)
+    ok = HookedSteerer(native_model).fit(source[:4], target[:4], steps=2, progress=False, warn=False)
+    assert ok.history_["steps"] == 2

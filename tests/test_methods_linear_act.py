@@ -35,7 +35,9 @@ def test_closed_form_on_three_points() -> None:
 
 
 def test_hand_computed_maps_and_ranges_on_the_toy_model() -> None:
-    steerer = HookedSteerer(Toy(), sites=["hook1", "hook2"]).fit(SOURCE, TARGET, method="linear_act", progress=False)
+    # each toy prompt twice: Linear-AcT needs at least 4 prompts a set, and repeating every point
+    # leaves the sorted least-squares line, the min and the max unchanged
+    steerer = HookedSteerer(Toy(), sites=["hook1", "hook2"]).fit(SOURCE * 2, TARGET * 2, method="linear_act", progress=False)
     m1, m2 = steerer.maps_["hook1"], steerer.maps_["hook2"]
     torch.testing.assert_close(m1.weight, torch.tensor([2.0, 0.1]))
     torch.testing.assert_close(m1.bias, torch.tensor([0.0, -1.0]))
@@ -51,14 +53,14 @@ def test_hand_computed_maps_and_ranges_on_the_toy_model() -> None:
     assert m2.lo.tolist() == [2.0, 2.0] and m2.hi.tolist() == [8.0, 60.0]
 
     off = HookedSteerer(Toy(), sites=["hook1", "hook2"]).fit(
-        SOURCE, TARGET, method="linear_act", support=None, progress=False
+        SOURCE * 2, TARGET * 2, method="linear_act", support=None, progress=False
     )
     assert not off.maps_["hook1"].has_range
     # without the range every source row is mapped, and hook2 sees 2 * (2u, 0.1u - 1) exactly on target
     torch.testing.assert_close(off.maps_["hook2"].weight, torch.ones(2))
     torch.testing.assert_close(off.maps_["hook2"].bias, torch.zeros(2), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="support"):
-        HookedSteerer(Toy(), sites=["hook1"]).fit(SOURCE, TARGET, method="linear_act", support="q_5_95")
+        HookedSteerer(Toy(), sites=["hook1"]).fit(SOURCE * 2, TARGET * 2, method="linear_act", support="q_5_95")
 
 
 def test_support_range_leaves_out_of_range_tokens_alone(gpt2_model, text_sets) -> None:
@@ -116,3 +118,12 @@ def test_linear_act_is_the_closed_form_1d_ot_solution(gpt2_model, text_sets, seq
             wp, bp = _pot_ot_fit(un[:, j], vn[:, j])
             assert m.weight[j].item() == pytest.approx(wp, abs=1e-4, rel=1e-4)
             assert m.bias[j].item() == pytest.approx(bp, abs=1e-4, rel=1e-4)
+
+
+def test_linear_act_needs_four_prompts_a_set() -> None:
+    from lineas_tl.validate import SteeringInputError
+
+    with pytest.raises(SteeringInputError, match="Linear-AcT needs at least 4 source prompts.*got 3"):
+        HookedSteerer(Toy(), sites=["hook1"]).fit(SOURCE, TARGET * 2, method="linear_act", progress=False)
+    with pytest.raises(SteeringInputError, match="Linear-AcT needs at least 4 target prompts.*got 3"):
+        HookedSteerer(Toy(), sites=["hook1"]).fit(SOURCE * 2, TARGET, method="linear_act", progress=False)

@@ -42,3 +42,31 @@ def test_stop_layer_is_after_the_deepest_site(native_model):
     assert stop_layer(native_model, ["blocks.0.attn.hook_out"]) == 1
     assert stop_layer(native_model, ["blocks.0.attn.hook_out", "blocks.2.mlp.hook_out"]) is None
     assert stop_layer(native_model, ["hook_embed"]) is None
+
+
+def test_paper_sites_are_ln2_in_pre_ln_models(llama_model, gpt2_model, native_model):
+    from lineas_tl import HookedSteerer
+    from lineas_tl.sites import paper_sites
+
+    for model in (llama_model, gpt2_model, native_model):
+        expected = [f"blocks.{i}.ln2.hook_out" for i in range(model.cfg.n_layers)]
+        assert paper_sites(model) == expected
+        assert resolve_sites(model, "paper") == expected
+        assert HookedSteerer(model, sites="paper").sites == expected
+
+
+def test_paper_sites_are_both_post_norms_in_gemma(gemma_model):
+    from lineas_tl.sites import paper_sites
+
+    expected = [f"blocks.{i}.{n}_post.hook_out" for i in range(gemma_model.cfg.n_layers) for n in ("ln1", "ln2")]
+    assert paper_sites(gemma_model) == expected == resolve_sites(gemma_model, "paper")
+
+
+def test_paper_sites_need_a_norm(native_model):
+    from lineas_tl.sites import paper_sites
+
+    class Bare:
+        hook_dict = {"blocks.0.hook_mlp_out": native_model.hook_dict["blocks.0.hook_mlp_out"]}
+
+    with pytest.raises(ValueError, match="paper's sites"):
+        paper_sites(Bare())

@@ -42,3 +42,13 @@ def test_a_warm_start_worse_than_the_identity_is_dropped(smollm2):
         assert h["init_used"] == ("identity" if dropped else "mean_act")
         start = h["identity_loss"] if dropped else h["warm_start_loss"]
         assert h["initial_loss"] == pytest.approx(start, rel=1e-4)  # step 1 reads the maps it starts from
+
+
+def test_paper_sites_on_smollm2_are_its_post_attention_layernorms(smollm2):
+    """The authors' ``.*post.*layernorm`` matches ``model.layers.N.post_attention_layernorm`` only;
+    in TransformerLens that is ``blocks.N.ln2``: one site per block, 30 in SmolLM2-135M."""
+    from lineas_tl.sites import paper_sites
+
+    sites = paper_sites(smollm2)
+    assert sites == [f"blocks.{i}.ln2.hook_out" for i in range(30)]
+    assert HookedSteerer(smollm2, sites="paper").sites == sites

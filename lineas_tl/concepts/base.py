@@ -52,6 +52,18 @@ class Concept:
     score_name: str
     goal: Literal["decrease", "increase"]
     description: str = ""
+    control_pool: list[str] = field(default_factory=list, repr=False)
+    """Neutral prompts steering should leave alone (see :mod:`lineas_tl.concepts.control`)."""
+
+    def control_prompts(self, n: int = 32, seed: int = 0) -> list[str]:
+        """Draw ``n`` control prompts (deterministic for a seed) for ``fit(..., control=..., gate=True)``.
+
+        They are disjoint from the fit pools, from ``eval_prompts`` and from the perplexity
+        reference text (:func:`~lineas_tl.concepts.text.reference_text`).
+        """
+        if n > len(self.control_pool):
+            raise ValueError(f"n={n} exceeds the {len(self.control_pool)} control prompts of {self.name!r}")
+        return random.Random(seed).sample(self.control_pool, n)
 
     def split(self, n_fit: int = 32, seed: int = 0) -> FitSplit:
         """Draw ``n_fit`` source and ``n_fit`` target prompts (deterministic for a seed).

@@ -158,4 +158,16 @@ def concept() -> Concept:
         score_name="P(Shakespeare) (TF-IDF + logistic regression)",
         goal="increase",
         description=__doc__ or "",
+        control_pool=_control_pool(),
     )
+
+
+def _control_pool() -> list[str]:
+    from lineas_tl.concepts.control import wiki_control_pool
+
+    return list(wiki_control_pool(frozenset(_training_groups()["wiki"])))
+
+
+def prompt_sentences() -> frozenset[str]:
+    """Every sentence a style prompt (fit or evaluation) comes from: other concepts' control text avoids them."""
+    return frozenset(s for part in _prompt_sentences() for s in part)

@@ -114,4 +114,12 @@ def concept() -> Concept:
         score_name="toxicity (alt-profanity-check probability)",
         goal="decrease",
         description=__doc__ or "",
+        control_pool=_control_pool(),
     )
+
+
+def _control_pool() -> list[str]:
+    from lineas_tl.concepts.control import news_control_pool
+    from lineas_tl.concepts.style import prompt_sentences
+
+    return list(news_control_pool(prompt_sentences()))

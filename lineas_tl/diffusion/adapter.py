@@ -207,6 +207,15 @@ class HookedUNet(HookedRootModule):
         """Every normalisation layer's hook point (the LinEAS paper's UNet sites), else all of them."""
         return list(self._norms) if self._norms else list(self.hook_dict)
 
+    def paper_steering_sites(self) -> list[str]:
+        """Every normalisation layer's hook point: the LinEAS paper's text-to-image sites (``sites="paper"``)."""
+        if not self._norms:
+            raise ValueError(
+                "this HookedUNet has no normalisation layer among its hook points, so it has no paper "
+                "sites: build it with hook_modules='default' or 'norms'"
+            )
+        return list(self._norms)
+
     def remove_hook_points(self) -> None:
         """Detach the hook points from the UNet (restoring it exactly); this view is unusable after."""
         for handle in self._handles:

@@ -58,7 +58,9 @@ def frontier_summary(
     Returns:
         a pandas ``DataFrame``, one row per (method, budget): ``method``, ``budget``,
         ``max_perplexity``, ``strength``, ``score``, ``score_lo``, ``score_hi``, ``perplexity``,
-        ``ppl_increase`` (relative to unsteered).
+        ``ppl_increase`` (relative to unsteered), and ``cont_ppl`` (its interval ``cont_ppl_lo`` /
+        ``cont_ppl_hi``, and ``cont_ppl_increase``): the held-out continuations' perplexity under the
+        unsteered model (NaN when the table has none; see :mod:`lineas_tl.evaluate.fluency`).
     """
     import pandas as pd
 
@@ -81,7 +83,8 @@ def frontier_summary(
             row: dict[str, Any] = {"method": method, "budget": float(budget), "max_perplexity": limit}
             if ok.empty:
                 row.update(strength=math.nan, score=math.nan, score_lo=math.nan, score_hi=math.nan,
-                           perplexity=math.nan, ppl_increase=math.nan)  # fmt: skip
+                           perplexity=math.nan, ppl_increase=math.nan, cont_ppl=math.nan, cont_ppl_lo=math.nan,
+                           cont_ppl_hi=math.nan, cont_ppl_increase=math.nan)  # fmt: skip
             else:
                 order = [column, "perplexity", "strength"] if select == "best" else ["strength"]
                 best = ok.sort_values(order, ascending=select == "best", kind="stable").iloc[0]
@@ -92,10 +95,11 @@ def frontier_summary(
                     score_hi=float(best.get(f"{column}_hi", math.nan)),
                     perplexity=float(best["perplexity"]),
                     ppl_increase=float(best["perplexity"]) / base - 1,
+                    **{k: float(best.get(k, math.nan)) for k in ("cont_ppl", "cont_ppl_lo", "cont_ppl_hi", "cont_ppl_increase")},
                 )
             rows.append(row)
     columns = ["method", "budget", "max_perplexity", "strength", "score", "score_lo", "score_hi",
-               "perplexity", "ppl_increase"]  # fmt: skip
+               "perplexity", "ppl_increase", "cont_ppl", "cont_ppl_lo", "cont_ppl_hi", "cont_ppl_increase"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -134,7 +138,9 @@ def format_frontier(summary: Any, digits: int = 3) -> Any:
         if not math.isfinite(r["score"]):
             return "n/a"
         ci = f" [{r['score_lo']:.{digits}f}, {r['score_hi']:.{digits}f}]" if math.isfinite(r["score_lo"]) else ""
-        return f"{r['score']:.{digits}f}{ci} @ {r['strength']:g} ({100 * r['ppl_increase']:+.1f}% ppl)"
+        cont = r.get("cont_ppl_increase", math.nan)
+        cont_s = f", {100 * cont:+.1f}% cont. ppl" if cont == cont else ""
+        return f"{r['score']:.{digits}f}{ci} @ {r['strength']:g} ({100 * r['ppl_increase']:+.1f}% ppl{cont_s})"
 
     wide: dict[str, dict[str, str]] = {}
     for _, r in summary.iterrows():

@@ -26,7 +26,9 @@ def plot_tradeoff(
 
     One panel for each of the in-sample and out-of-sample scores the table has.
     Each point is one strength, with its 95% bootstrap interval as a vertical error bar (when the
-    table has ``*_lo``/``*_hi`` columns) and its strength as a label; the step line is the
+    table has ``*_lo``/``*_hi`` columns) and its strength as a label (on the out-of-sample panel
+    followed by ``c+x%``: the held-out continuations' perplexity under the unsteered model, relative
+    to the unsteered model's own continuations, when the table has ``cont_ppl_increase``); the step line is the
     method's frontier (the best score reached so far as the perplexity budget grows, up to the
     method's last point on the axis). Dotted vertical lines mark the budgets, the black star the
     unsteered model, the dashed line and band the ceiling (the unsteered model on target prompts)
@@ -78,9 +80,11 @@ def plot_tradeoff(
             if front:
                 fx, fy = [x[i] for i in front], [y[i] for i in front]
                 ax.step([*fx, x.max()], [*fy, fy[-1]], where="post", color=colour, lw=2, alpha=0.85)
-            for xi, yi, s in zip(x, y, shown["strength"], strict=True):
-                if s != 0:
-                    ax.annotate(f"{s:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6,
+            cont = shown["cont_ppl_increase"] if "cont_ppl_increase" in shown and column.endswith("_out") else None
+            for i, (xi, yi, s) in enumerate(zip(x, y, shown["strength"], strict=True)):
+                if s != 0:  # the strength, and the continuations' perplexity change under the plain model
+                    extra = f" c{100 * float(cont.iloc[i]):+.0f}%" if cont is not None and cont.iloc[i] == cont.iloc[i] else ""
+                    ax.annotate(f"{s:g}{extra}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6,
                                 color=colour)  # fmt: skip
         ax.plot([base], methods.loc[methods["strength"] == 0, column].iloc[:1], "k*", ms=12, label="unsteered",
                 zorder=5)  # fmt: skip

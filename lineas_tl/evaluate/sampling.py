@@ -28,7 +28,8 @@ from lineas_tl.evaluate.perplexity import evaluating
 from lineas_tl.runner import get_runner
 
 if TYPE_CHECKING:
-    from lineas_tl.steerer import HookedSteerer, Strength
+    from lineas_tl.protocols import SteererLike as HookedSteerer
+    from lineas_tl.protocols import Strength
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lineas_tl.evaluate.fluency import continuation_perplexity
 from lineas_tl.evaluate.frontier import CEILING, DEFAULT_BUDGETS, frontier_summary
 from lineas_tl.evaluate.grid import (
     DEFAULT_METHODS,
@@ -48,7 +49,11 @@ def score_columns(side: str) -> list[str]:
 COLUMNS = [
     "method", "strength", *score_columns("in"), *score_columns("out"), "rel_in", "rel_out", "gap",
     "perplexity", "ppl_increase", "scored", "fit_seconds", "eval_seconds", "sample",
+    "cont_ppl", "cont_ppl_lo", "cont_ppl_hi", "cont_ppl_increase",
 ]  # fmt: skip
+"""``cont_ppl*``: perplexity of the held-out continuations under the unsteered model given their
+prompt, with its bootstrap interval, and relative to the unsteered model's own continuations
+(:mod:`lineas_tl.evaluate.fluency`)."""
 
 
 def fit_methods(
@@ -189,6 +194,7 @@ def compare(
         raise ValueError("nothing to score: n_in_sample=0 and no eval_prompts")
     refs = list(reference_texts) if reference_texts is not None else list(REFERENCE_TEXTS)
     scorer = scorer or toxicity_scorer
+    fluency: dict[str, float] = {}
 
     def score(
         prompts: Sequence[str] | None, steerer: HookedSteerer | None, strength: float
@@ -198,6 +204,9 @@ def compare(
         texts = continuations(model, prompts, steerer, strength, config=generation, seed=seed,
                               batch_size=batch_size, progress=progress)  # fmt: skip
         s = concept_score(texts, scorer, threshold, per_prompt=generation.n_samples, seed=seed)
+        if prompts is evals:  # "are the outputs still language?": the held-out continuations under the plain model
+            c = continuation_perplexity(model, prompts, texts, generation.n_samples, batch_size=batch_size, seed=seed)
+            fluency.update(cont_ppl=c.value, cont_ppl_lo=c.lo, cont_ppl_hi=c.hi)
         return s, texts[0]
 
     def evaluate(steerer: HookedSteerer | None, strength: float, base_ppl: float | None) -> dict[str, Any]:
@@ -210,7 +219,9 @@ def compare(
             row["sample"] = ""
         else:
             s_in, sample_in = score(source[:n_in], steerer, strength)
+            fluency.clear()
             s_out, sample_out = score(evals, steerer, strength)
+            row.update(fluency)
             row.update(_score_columns(s_in, "in"), **_score_columns(s_out, "out"), sample=sample_out or sample_in)
         row["eval_seconds"] = time.perf_counter() - start
         return row
@@ -290,6 +301,7 @@ def _assemble(
     rows.append(context["ceiling"])
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     table["ppl_increase"] = table["perplexity"] / base["perplexity"] - 1
+    table["cont_ppl_increase"] = table["cont_ppl"] / base.get("cont_ppl", math.nan) - 1
     table["scored"] = table["scored"].astype(bool)
     protocol = dict(context["protocol"], rows_done=len(rows) - 1)
     table.attrs.update(

@@ -32,6 +32,7 @@ def export(
     *,
     inverse: bool = False,
     source: str | os.PathLike[str] | None = None,
+    ungated: bool = False,
 ) -> Path:
     """Write ``steerer`` at ``strength`` to ``path`` in ``format``; returns the path written.
 
@@ -44,6 +45,8 @@ def export(
         inverse: export :math:`T^{-1}` (induce the concept instead of removing it).
         source: ``gguf`` only: the GGUF to start from, when the model does not record the file it
             was loaded from.
+        ungated: a gated steerer (``fit(..., gate=True)``) is refused, since its gate depends on
+            the input; ``True`` exports its maps without the gate (every token steered).
 
     Raises:
         ValueError: an unknown format. ExportError / FoldError: the steerer cannot be written
@@ -51,6 +54,9 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {FORMATS}")
+    from lineas_tl.fold import ungated_view
+
+    steerer = ungated_view(steerer, ungated, "export")
     if source is not None and format != "gguf":
         raise ValueError(f"source= is for format='gguf' only, not {format!r}")
     if format == "gguf":

@@ -71,7 +71,7 @@ def save_folded(
     per_site = {s: per_site.get(s, 0.0) for s in steerer.maps_}
     tokens = probe.kwargs["input"]
     with torch.no_grad():
-        expected = steerer.runner.forward(probe, steerer.hooks(per_site, inverse=inverse))
+        expected = steerer.runner.forward(probe, steerer.fwd_hooks(per_site, inverse=inverse))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

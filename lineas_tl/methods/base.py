@@ -45,6 +45,8 @@ class FitContext:
         batch_size: prompts per forward pass when collecting.
         progress: whether to show progress bars.
         source_raw, target_raw: the prompts as the user gave them (ActAdd needs them verbatim).
+        control, control_weight, gate_options, fitted_gate: the control set and gate (see
+            :mod:`lineas_tl.gate` and :mod:`lineas_tl.methods.control`).
     """
 
     runner: Runner
@@ -56,6 +58,13 @@ class FitContext:
     progress: bool = True
     source_raw: Any = None
     target_raw: Any = None
+    control: Prepared | None = None
+    """Prepared control prompts (``fit(..., control=...)``): neutral text steering should leave alone."""
+    control_weight: float = 1.0
+    gate_options: Any = None
+    """:class:`~lineas_tl.gate.GateOptions` when ``fit(..., gate=True)``; a method that trains its own
+    gate (LinEAS) sets ``fitted_gate``, the others are gated after fitting (two stages)."""
+    fitted_gate: Any = None
     _shapes: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     _devices: dict[str, torch.device] = field(default_factory=dict)
 

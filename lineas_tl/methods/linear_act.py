@@ -44,6 +44,7 @@ from torch import Tensor
 
 from lineas_tl.maps import support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
+from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
 
 
 def closed_form_ot(
@@ -80,9 +81,16 @@ def fit_linear_act(ctx: FitContext, *, sequential: bool = True, support: str | N
     Returns:
         the maps (with ``lo``/``hi`` set when ``support`` is given) and a history with ``support``
         (share of coordinates moved per site).
+
+    Raises:
+        SteeringInputError: fewer than :data:`~lineas_tl.validate.MIN_DISTRIBUTION_PROMPTS` (4)
+            source or target prompts (a sort of two or three values per coordinate matches
+            points, not distributions).
     """
     if support not in SUPPORTS:
         raise ValueError(f"unknown support {support!r}; choose one of {SUPPORTS}")
+    check_prompts(ctx.source, "source", minimum=MIN_DISTRIBUTION_PROMPTS, method="Linear-AcT")
+    check_prompts(ctx.target, "target", minimum=MIN_DISTRIBUTION_PROMPTS, method="Linear-AcT")
     target = ctx.pooled("target")
     maps = ctx.identity_maps("affine")
 

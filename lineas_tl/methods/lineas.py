@@ -12,7 +12,8 @@ against the untouched model's target activations :math:`V_l` therefore trains ea
 effect downstream. After each Adam step, a sparse-group-lasso proximal step on
 :math:`(\omega_l - 1, b_l)` with :math:`\tau = \text{lr}_t\,\gamma` selects the neurons and sites.
 
-Two presets (every argument stays overridable):
+Presets (every argument stays overridable; the table and sources are in
+:mod:`lineas_tl.methods.lineas_presets` and ``docs/fitting.md``):
 
 - ``preset="fast"`` (the default) minimises the same loss from a better start and in better units:
   it starts from the incremental mean match (omega = 1, each site's shift matched to the target mean
@@ -23,60 +24,43 @@ Two presets (every argument stays overridable):
   overshoots; in standardised units every coordinate moves at the same relative pace. It runs Adam
   at a constant ``lr=1e-2`` and stops when the loss has stopped falling (the rule is in
   :mod:`lineas_tl.methods.convergence`), after at most ``steps=300``.
-- ``preset="paper"``: the authors' recipe, raw parametrisation, Adam lr 1e-3 with betas (0.9, 0.9),
-  cosine decay to lr x 1e-3 over 1000 steps, no early stop.
+- ``preset="paper"``: the paper's recipe for the model's modality. A language model gets
+  ``"paper_language"``: SGD lr 0.1, cosine decay, 1000 steps from the identity, every target prompt
+  in every step, gamma 0, no early stop (the paper's text and the authors' README toxicity
+  command). A diffusers UNet gets ``"paper_unet"``: AdamW lr 1e-4, batch 4, 1000 steps (the paper's
+  text-to-image setting). Pair it with ``HookedSteerer(model, sites="paper")``, the paper's sites
+  (:func:`lineas_tl.sites.paper_sites`): ``blocks.N.ln2.hook_out`` in a pre-LN model (GPT-2, Llama,
+  SmolLM2), ``blocks.N.ln1_post.hook_out`` and ``blocks.N.ln2_post.hook_out`` in Gemma-2/3, every
+  normalisation layer in a UNet.
+- ``preset="authors_yaml"``: the authors' repository yaml default, used by their diffusion example:
+  raw parametrisation, Adam lr 1e-3 with betas (0.9, 0.9), cosine decay to lr x 1e-3 over 1000
+  steps, no early stop (what ``preset="paper"`` ran before issue 18).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from lineas_tl.collect import pooled_forward
-from lineas_tl.losses import Backend, global_loss, prox_sparse_group_lasso
+from lineas_tl.losses import Backend, global_loss, site_losses
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
+from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, make_schedule
+from lineas_tl.methods.lineas_params import _prox, _standardize  # noqa: F401 (_prox: benchmarks)
+from lineas_tl.methods.lineas_presets import PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
+from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"steps": 300, "lr": 1e-2, "schedule": "constant", "standardize": True, "early_stop": True, "init": "mean_act", "warmup": 0},
-    "paper": {"steps": 1000, "lr": 1e-3, "schedule": "cosine", "standardize": False, "early_stop": False, "init": "identity", "warmup": 0},
-}
-
-
-class _Scaled(nn.Module):
-    """``b = scale * beta``: the optimiser sees ``beta``, the map still holds ``b``."""
-
-    def __init__(self, scale: Tensor):
-        super().__init__()
-        self.register_buffer("scale", scale)
-
-    def forward(self, beta: Tensor) -> Tensor:
-        return beta * self.scale
-
-    def right_inverse(self, b: Tensor) -> Tensor:
-        return b / self.scale
-
-
-class _Offset(nn.Module):
-    """``omega = 1 + scale * alpha``: the optimiser sees ``alpha``, the map still holds ``omega``."""
-
-    def __init__(self, scale: Tensor):
-        super().__init__()
-        self.register_buffer("scale", scale)
-
-    def forward(self, alpha: Tensor) -> Tensor:
-        return 1 + alpha * self.scale
-
-    def right_inverse(self, omega: Tensor) -> Tensor:
-        return (omega - 1) / self.scale
+__all__ = ["PRESETS", "fit_lineas"]
 
 
 @register("lineas")
@@ -94,7 +78,7 @@ def fit_lineas(
     tol: float = 3e-4,
     patience: int = 20,
     batch_size: int | None = None,
-    optimizer: str = "adam",
+    optimizer: str | None = None,
     gamma: float = 0.0,
     l1: float = 1.0,
     group: float = 1.0,
@@ -103,14 +87,37 @@ def fit_lineas(
     seed: int = 0,
     log_every: int = 10,
     warn: bool = True,
+    compile: bool = False,
 ) -> FitResult:
     """Fit LinEAS maps on every site of ``ctx``.
 
     Args:
-        preset: ``"fast"`` (default) or ``"paper"``; sets the next five arguments where they are None.
-        steps: the most optimisation steps (fast: 300, stops earlier once converged; paper: 1000).
-        lr: learning rate (fast: 1e-2 in standardised units; paper: 1e-3).
-        schedule: ``"constant"`` (fast) or ``"cosine"`` (paper: decay to lr x 1e-3 over ``steps``).
+        preset: ``"fast"`` (default), ``"paper"`` (the paper's recipe for the model's modality:
+            ``"paper_language"`` for a language model, ``"paper_unet"`` for a diffusers pipeline),
+            ``"paper_language"``, ``"paper_unet"`` or ``"authors_yaml"`` (the repository's yaml
+            default, Adam lr 1e-3). It sets every argument below that is left at None:
+
+            ============== ======== ========== ========== ===============
+            argument       fast     paper_lang paper_unet authors_yaml
+            ============== ======== ========== ========== ===============
+            optimizer      adam     sgd        adamw      adam
+            lr             1e-2     0.1        1e-4       1e-3
+            schedule       constant cosine     cosine     cosine
+            steps          300      1000       1000       1000
+            batch_size     <=32     <=32       4          <=32
+            init           mean_act identity   identity   identity
+            standardize    True     False      False      False
+            early_stop     True     False      False      False
+            ============== ======== ========== ========== ===============
+
+            The paper presets and ``authors_yaml`` compare each step's source batch with every
+            target prompt; ``fast`` draws as many targets as sources. Sources in
+            :mod:`lineas_tl.methods.lineas_presets`. The paper's recipes assume the paper's sites,
+            ``HookedSteerer(model, sites="paper")`` (``ln2`` outputs in pre-LN models, both post
+            norms in Gemma-2/3, every norm in a UNet); ``fit`` warns otherwise.
+        steps: the most optimisation steps (>= 1).
+        lr: learning rate (> 0; fast: in standardised units).
+        schedule: ``"constant"`` or ``"cosine"`` (decay to lr x 1e-3 over ``steps``).
         standardize: measure the shift in units of the target's per-coordinate standard deviation
             (``True``); ``"both"`` also measures omega's deviation so that a unit step moves the
             output by about one target std (``omega = 1 + (sigma / rms) alpha``).
@@ -127,9 +134,10 @@ def fit_lineas(
             steps improved by less than ``tol`` times the total decrease so far (see
             :mod:`lineas_tl.methods.convergence`).
         batch_size: source (and target) prompts per step; default ``min(32, n_source, n_target)``.
-        optimizer: ``"adam"`` (betas 0.9, 0.9, as the authors) or ``"sgd"`` (the paper's lr 0.1).
-        gamma: sparsity strength of the proximal step (0 turns it off); with ``standardize`` the
-            penalty applies to the standardised shift.
+        optimizer: ``"adam"`` (betas 0.9, 0.9, as the authors), ``"sgd"`` (the paper's language
+            recipe, lr 0.1) or ``"adamw"`` (betas 0.9, 0.9, weight decay 0.01; the paper's UNets).
+        gamma: sparsity strength of the proximal step (>= 0; 0 turns it off); with ``standardize``
+            the penalty applies to the standardised shift.
         l1, group: relative weights of the L1 and the group (per-site L2) penalties.
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
         checkpoint: recompute each block's activations in the backward pass instead of storing them
@@ -137,73 +145,111 @@ def fit_lineas(
         seed: seeds the minibatch sampling; the fit is deterministic for a seed.
         log_every: support is recorded every ``log_every`` steps.
         warn: emit :class:`NotConvergedWarning` when the fit ends while the loss is still falling.
+        compile: capture the full-batch step (forward, loss, backward) once as a CUDA graph and replay
+            it every step (see :mod:`lineas_tl.capture`; same maps to float tolerance). Needs every
+            prompt in every step and no gate or control term; otherwise, or on a CPU, warns and runs eagerly.
 
     Returns:
-        the maps, and a history with ``loss``, ``lr`` and ``time`` (seconds since the fit started,
+        the maps, and a history with ``preset`` (the resolved name: ``"paper"`` becomes
+        ``"paper_language"`` or ``"paper_unet"``), ``config`` (every preset setting used), ``loss``, ``lr`` and ``time`` (seconds since the fit started,
         target statistics and initialisation included) per step, ``identity_loss`` (the untouched
         model's), ``warm_start_loss`` (of ``init``'s maps; None from the identity), ``init_used``,
         ``initial_loss`` (at the first step),
         ``final_loss``, ``steps``, ``converged``, ``stop_reason``, ``max_abs_omega_minus_1``,
         ``max_abs_b``, ``seconds``, ``site_loss`` (last step), ``support`` and ``support_trace``.
+
+    Raises:
+        SteeringInputError: a hyper-parameter out of range (``lr <= 0``, ``steps < 1``, ``tol <= 0``,
+            ``patience < 1``, ``gamma < 0``, a NaN or infinite value) or fewer than
+            :data:`~lineas_tl.validate.MIN_DISTRIBUTION_PROMPTS` source or target prompts.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = dict(PRESETS[preset])
+    name, cfg = resolve_preset(preset, ctx.runner)
     given = {
         "steps": steps, "lr": lr, "schedule": schedule, "standardize": standardize, "early_stop": early_stop, "init": init,
-        "warmup": warmup,
-    }
+        "warmup": warmup, "optimizer": optimizer, "batch_size": batch_size,
+    }  # fmt: skip
     cfg.update({k: v for k, v in given.items() if v is not None})
+    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every)
+    check_prompts(ctx.source, "source", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
+    check_prompts(ctx.target, "target", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     n_s, n_t = len(ctx.source), len(ctx.target)
-    bs = batch_size if batch_size is not None else min(32, n_s, n_t)
-    if bs > n_s or bs > n_t:
+    bs = cfg["batch_size"] if cfg["batch_size"] is not None else min(32, n_s, n_t)
+    if bs > n_s or (bs > n_t and not cfg["all_targets"]):
         raise ValueError(
             f"batch_size={bs} is larger than the prompt sets ({n_s} source, {n_t} target); pass "
             f"batch_size <= {min(n_s, n_t)} or give more prompts"
         )
-    if cfg["steps"] < 1:
-        raise ValueError("steps must be at least 1")
+    warn_off_paper_sites(name, ctx.model, ctx.sites)
     started = time.perf_counter()
     target = ctx.pooled("target")
-    reference = _loss_of(ctx, target, bs, loss_backend)  # of the identity maps: the untouched model
+    reference = _loss_of(ctx, target, bs, loss_backend, all_targets=cfg["all_targets"])  # of the identity maps: the untouched model
     maps, start, warm_loss = _initial_maps(ctx, cfg["init"]), cfg["init"], None
     if start != "identity":
-        warm_loss = _loss_of(ctx, target, bs, loss_backend, maps)
+        warm_loss = _loss_of(ctx, target, bs, loss_backend, maps, cfg["all_targets"])
         if not warm_loss < reference:  # a warm start worse than doing nothing (seen on style) is no start
             maps, start = ctx.identity_maps("affine"), "identity"
     if cfg["standardize"]:
         _standardize(maps, target, cfg["standardize"])
     params = [p for m in maps.values() for p in m.parameters() if p.requires_grad]
-    opt = _optimizer(optimizer, params, cfg["lr"])
+    term = control_term(ctx, maps, bs, seed)  # fit(control=..., gate=...): see methods/control.py
+    params += term.params if term is not None else []
+    opt = _optimizer(cfg["optimizer"], params, cfg["lr"])
     sched = make_schedule(opt, cfg["schedule"], cfg["steps"])
     plateau = Plateau(tol, patience, reference=reference)
     converged = False
     gen = torch.Generator().manual_seed(seed)
-    history: dict[str, Any] = {"loss": [], "lr": [], "time": [], "support_trace": [], "preset": preset, "config": dict(cfg)}
+    history: dict[str, Any] = {"loss": [], "lr": [], "time": [], "support_trace": [], "preset": name, "config": dict(cfg)}
     history.update(identity_loss=reference, warm_start_loss=warm_loss, init_used=start)
     stop_reason = "steps"
-    per_site: dict[str, float] = {}
+    last_sites: tuple[list[str], Tensor] | None = None  # the last step's per-site losses
+    presorted: dict[str, Tensor] | None = None
     best: tuple[float, list[Tensor]] = (float("inf"), [])
     # the best iterate is only well defined for a full-batch loss without a penalty (the prox step
     # trades loss for sparsity; a minibatch loss is noisy)
     keep_best = cfg["early_stop"] and gamma == 0 and bs == n_s == n_t
+    captured = None
+    if compile:  # see lineas_tl.capture: None (and a warning) where the step cannot be captured
+        from lineas_tl.capture import captured_step
+
+        captured = captured_step(ctx, maps, target, params, batch_size=bs, backend=loss_backend, term=term,
+                                 checkpoint=checkpoint, all_targets=cfg["all_targets"])  # fmt: skip
     bar = tqdm(range(cfg["steps"]), desc="LinEAS", disable=not ctx.progress)
     with _checkpointing(ctx.model, checkpoint):
         for step in bar:
             idx_s = torch.randperm(n_s, generator=gen)[:bs].tolist()
-            idx_t = torch.randperm(n_t, generator=gen)[:bs]
-            source, _ = pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)
-            tgt = target if ctx.pooling == "all" else {s: v[idx_t.to(v.device)] for s, v in target.items()}
-            loss, per_site = global_loss(source, tgt, loss_backend)
-            value = float(loss.detach())
-            if not torch.isfinite(loss):
+            idx_t = torch.randperm(n_t, generator=gen)[: min(bs, n_t)]
+            if captured is not None:  # compile=True: forward, loss and backward in one replayed graph
+                loss, site_vals = captured()
+                source = dict.fromkeys(ctx.sites)
+            elif term is not None:
+                source, _ = term.source(idx_s)
+            else:
+                source, _ = pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)
+            full = ctx.pooling == "all" or cfg["all_targets"]
+            if presorted is None:
+                presorted = _presorted(target, bs, n_t, full, loss_backend)  # sorted once, not every step
+            if captured is not None:
+                pass
+            elif presorted:  # every target row each step: the sorted-W2 loss does not see their order
+                site_vals = site_losses(source, presorted, loss_backend, target_sorted=True)
+            else:
+                tgt = target if full else {s: v[idx_t.to(v.device)] for s, v in target.items()}
+                site_vals = site_losses(source, tgt, loss_backend)
+            last_sites = (list(source), site_vals)
+            loss = site_vals.mean() if captured is None else loss
+            loss = loss + term.loss() if term is not None else loss
+            value = float(loss.detach())  # the one device sync of a step: the plateau rule reads it
+            if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='paper'"
+                    f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='authors_yaml' (Adam lr 1e-3)"
                 )
             if keep_best and value < best[0]:
-                best = (value, [p.detach().clone() for p in params])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                saved = best[1] or [torch.empty_like(p) for p in params]
+                torch._foreach_copy_(saved, [p.detach() for p in params])
+                best = (value, saved)
+            if captured is None:  # (the captured step wrote the gradients already)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             if step < cfg["warmup"]:  # a linear warm-up: Adam's first steps move every parameter by ~lr
                 for param_group in opt.param_groups:
                     param_group["lr"] = cfg["lr"] * (step + 1) / cfg["warmup"]
@@ -233,7 +279,9 @@ def fit_lineas(
             if parametrize.is_parametrized(m, name):
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
         m.requires_grad_(False)
+    per_site = dict(zip(last_sites[0], last_sites[1].detach().tolist())) if last_sites else {}
     history.update(_summary(maps, history["loss"], per_site, converged, stop_reason, time.perf_counter() - started))
+    history.update(term.finish() if term is not None else {})
     if best[1]:
         history["final_loss"] = best[0]
     if warn and not converged:
@@ -273,33 +321,30 @@ def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
     return maps
 
 
-def _standardize(maps: dict[str, AffineMap], target: dict[str, Tensor], how: Any) -> None:
-    """Reparametrise each map so that a unit step moves its output by about one target std.
-
-    ``b = sigma * beta``; with ``how == "both"`` also ``omega = 1 + (sigma / rms) * alpha``, since a
-    change of omega moves ``z`` by ``delta * |z|``, about ``delta * rms`` (rms: the target's
-    root-mean-square value).
-    """
-    for site, m in maps.items():
-        v = target[site]
-        std = v.std(dim=0) if v.shape[0] > 1 else torch.ones_like(v[0])
-        std = std.clamp_min(1e-3 * float(std.max().clamp_min(1e-12)))
-        parametrize.register_parametrization(m, "bias", _Scaled(std.reshape(m.feature_shape).to(m.bias.device)))
-        if how == "both":
-            rms = v.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
-            ratio = (std / rms).clamp(1e-3, 1.0).reshape(m.feature_shape).to(m.weight.device)
-            parametrize.register_parametrization(m, "weight", _Offset(ratio))
-
-
 def _loss_of(
-    ctx: FitContext, target: dict[str, Tensor], bs: int, backend: Backend, maps: dict[str, AffineMap] | None = None
+    ctx: FitContext,
+    target: dict[str, Tensor],
+    bs: int,
+    backend: Backend,
+    maps: dict[str, AffineMap] | None = None,
+    all_targets: bool = False,
 ) -> float:
-    """The loss of ``maps`` (None: the identity, i.e. the untouched model) on the first ``bs`` prompts of each set."""
+    """The loss of ``maps`` (None: the identity, i.e. the untouched model) on the first ``bs``
+    source prompts, against the first ``bs`` target prompts (all of them with ``all_targets``)."""
     with torch.no_grad():
         batch = ctx.source.batch(list(range(bs)))
         source, _ = pooled_forward(ctx.runner, batch, ctx.sites, ctx.pooling, maps)
-        tgt = target if ctx.pooling == "all" else {s: v[:bs] for s, v in target.items()}
+        full = ctx.pooling == "all" or all_targets
+        tgt = target if full else {s: v[:bs] for s, v in target.items()}
         return float(global_loss(source, tgt, backend)[0])
+
+
+def _presorted(target: dict[str, Tensor], bs: int, n_t: int, full: bool, backend: Backend) -> dict[str, Tensor]:
+    """Each site's target rows sorted once, when every step compares against all of them with the
+    sort backend (empty otherwise): sorting a permutation of the rows gives the same values."""
+    if full or bs != n_t or backend not in ("auto", "sort"):
+        return {}
+    return {s: v.sort(dim=0).values for s, v in target.items()}
 
 
 def _optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
@@ -307,7 +352,9 @@ def _optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimi
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.9))
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam', 'adamw' or 'sgd'")
 
 
 def _checkpointing(model: Any, on: bool) -> Any:
@@ -333,22 +380,3 @@ def _summary(
         "site_loss": per_site,
         "support": support_by_site(maps),
     }
-
-
-def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
-    """Sparse-group-lasso proximal step on each map's deviation from the identity.
-
-    With a standardised map the step applies to the optimised parameters (the deviations in target
-    standard deviations), so the penalty does not favour low-variance coordinates.
-    """
-    with torch.no_grad():
-        for m in maps.values():
-            for name in ("weight", "bias"):
-                if parametrize.is_parametrized(m, name):
-                    prox_sparse_group_lasso(getattr(m.parametrizations, name).original, tau_l1, tau_group)
-                elif name == "weight":
-                    delta = m.weight - 1
-                    prox_sparse_group_lasso(delta, tau_l1, tau_group)
-                    m.weight.copy_(delta + 1)
-                else:
-                    prox_sparse_group_lasso(m.bias, tau_l1, tau_group)

@@ -50,14 +50,14 @@ class _SkipFirstPosition:
     def __init__(self, steerer: HookedSteerer):
         self.steerer = steerer
 
-    def hooks(self, strength: float) -> list[tuple[str, Any]]:
+    def fwd_hooks(self, strength: float) -> list[tuple[str, Any]]:
         def keep_first(inner: Any) -> Any:
             def hook(act: torch.Tensor, *, hook: Any) -> torch.Tensor:
                 return torch.cat([act[:, :1], inner(act, hook=hook)[:, 1:]], dim=1)
 
             return hook
 
-        return [(site, keep_first(h)) for site, h in self.steerer.hooks(strength)]
+        return [(site, keep_first(h)) for site, h in self.steerer.fwd_hooks(strength)]
 
 
 def displacement(model: Any, steerer: HookedSteerer, texts: list[str], strength: float) -> tuple[float, float]:
@@ -79,7 +79,7 @@ def displacement(model: Any, steerer: HookedSteerer, texts: list[str], strength:
 
         return hook
 
-    hooks = [(site, recording(h)) for site, h in steerer.hooks(strength)]
+    hooks = [(site, recording(h)) for site, h in steerer.fwd_hooks(strength)]
     with torch.no_grad():
         runner.forward(batch, hooks)
     return sum(ratios["bos"]) / len(ratios["bos"]), sum(ratios["tokens"]) / len(ratios["tokens"])

@@ -1,0 +1,186 @@
+"""The gate of a steerer: one probe per site, the driver, and how it is fitted and attached.
+
+``HookedSteerer.fit(source, target, control=..., gate=True)`` fits a gate for any method; see
+:mod:`lineas_tl.gate` for the picture. Baselines are gated in two stages (their maps first, then
+the probes on the unsteered model's pooled activations, source against control); LinEAS trains its
+maps and the probes' weights together (:mod:`lineas_tl.methods.control`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lineas_tl.gate.probe import DEFAULT_COMPONENTS, DEFAULT_HOLDOUT, DEFAULT_THRESHOLD, SiteProbe, fit_probe
+from lineas_tl.gate.state import DRIVERS, GatedSteeringHook, GateState
+from lineas_tl.validate import SteeringInputError, check_number
+
+DEFAULT_DRIVER = "prompt"
+
+
+@dataclass
+class GateOptions:
+    """How a gate is fitted and driven.
+
+    Attributes:
+        driver: ``"prompt"`` (default), ``"running"`` or ``"token"`` (see :mod:`lineas_tl.gate.state`).
+        threshold: held-out probe accuracy below which a site is not steered (DSAS: 0.75).
+        n_components: principal components the probe reads.
+        holdout: share of each prompt set held out to measure the probe's accuracy.
+        seed: seeds the held-out split.
+    """
+
+    driver: str = DEFAULT_DRIVER
+    threshold: float = DEFAULT_THRESHOLD
+    n_components: int = DEFAULT_COMPONENTS
+    holdout: float = DEFAULT_HOLDOUT
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.driver not in DRIVERS:
+            raise SteeringInputError(f"unknown gate driver {self.driver!r}; choose one of {DRIVERS}")
+        if not 0.0 <= check_number("gate threshold", self.threshold) <= 1.0:
+            raise SteeringInputError(f"gate threshold must lie in [0, 1], not {self.threshold}")
+        if not 0.0 < check_number("gate holdout", self.holdout) < 1.0:
+            raise SteeringInputError(f"gate holdout must lie in (0, 1), not {self.holdout}")
+        check_number("gate n_components", self.n_components, minimum=1, integer=True)
+
+    @classmethod
+    def of(cls, gate: Any) -> GateOptions | None:
+        """``fit``'s ``gate=`` argument as options: False/None -> None, True -> defaults, a dict or options."""
+        if gate is None or gate is False:
+            return None
+        if gate is True:
+            return cls()
+        if isinstance(gate, cls):
+            return gate
+        if isinstance(gate, Mapping):
+            unknown = set(gate) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise SteeringInputError(f"unknown gate options {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            return cls(**gate)
+        raise SteeringInputError(f"gate must be True, False, a dict or GateOptions, not {type(gate).__name__}")
+
+
+@dataclass
+class Gate:
+    """A fitted gate: ``probes`` (site -> :class:`SiteProbe`) and the options it was fitted with."""
+
+    probes: dict[str, SiteProbe]
+    options: GateOptions = field(default_factory=GateOptions)
+    trained: bool = False
+    """Whether the probes' weights were trained with the maps (end-to-end LinEAS)."""
+
+    @property
+    def driver(self) -> str:
+        return self.options.driver
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        return {s: p.accuracy for s, p in self.probes.items()}
+
+    @property
+    def active_sites(self) -> list[str]:
+        return [s for s, p in self.probes.items() if p.active]
+
+    def parameters(self) -> list[Tensor]:
+        return [t for s in self.active_sites for t in (self.probes[s].weight, self.probes[s].bias)]
+
+    def requires_grad_(self, flag: bool) -> Gate:
+        for p in self.probes.values():
+            p.requires_grad_(flag)
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """What ``history_["gate"]`` records: options, per-site held-out accuracy, active sites."""
+        return {
+            **asdict(self.options),
+            "trained": self.trained,
+            "accuracy": self.accuracy,
+            "active": self.active_sites,
+            "n_active": len(self.active_sites),
+            "n_sites": len(self.probes),
+        }
+
+    def describe(self) -> str:
+        """One line for a fit summary, e.g. ``"gate (prompt): 41/60 sites, accuracy 0.62-1.00"``."""
+        acc = [a for a in self.accuracy.values() if a == a]
+        span = f", held-out accuracy {min(acc):.2f}-{max(acc):.2f}" if acc else ""
+        return f"gate ({self.driver}): {len(self.active_sites)}/{len(self.probes)} sites active{span}"
+
+    def wrap(
+        self,
+        hooks: Sequence[tuple[str, Any]],
+        tracker: Any = None,
+        pool_mask: Tensor | None = None,
+        record: dict[str, Tensor] | None = None,
+    ) -> list[tuple[str, Any]]:
+        """Gate steering hooks: each ``(site, SteeringHook)`` becomes a :class:`GatedSteeringHook`.
+
+        All hooks share one :class:`GateState` (one per generation or forward pass).
+        """
+        state = GateState(tracker, pool_mask, record)
+        out = []
+        for site, hook in hooks:
+            probe = self.probes.get(site)
+            if probe is None:
+                raise KeyError(f"the gate has no probe at site {site!r}")
+            out.append((site, GatedSteeringHook(site, hook, probe, self.driver, state)))
+        return out
+
+
+def fit_gate(ctx: Any, sites: Sequence[str], options: GateOptions) -> Gate:
+    """Fit a probe at every site in ``sites`` on the unsteered model: source vs ``ctx.control``.
+
+    ``ctx`` is a :class:`~lineas_tl.methods.base.FitContext` whose ``control`` holds the prepared
+    control prompts. Probes live on each site's device.
+    """
+    if getattr(ctx, "control", None) is None:
+        raise SteeringInputError("a gate needs control prompts: fit(source, target, control=..., gate=True)")
+    from lineas_tl.collect import pool_prepared
+
+    sites = list(sites)
+    source = ctx.pooled("source", sites=sites)
+    control = pool_prepared(ctx.runner, ctx.control, sites, ctx.pooling, None, ctx.batch_size)
+    probes = {}
+    for i, site in enumerate(sites):
+        probe = fit_probe(source[site], control[site].flatten(1), n_components=options.n_components,
+                          threshold=options.threshold, holdout=options.holdout, seed=options.seed + i)  # fmt: skip
+        probes[site] = probe.to(source[site].device).requires_grad_(False)
+    return Gate(probes, options)
+
+
+def prepare_control(runner: Any, control: Any, chat: bool, gate: Any) -> tuple[Any, GateOptions | None]:
+    """``fit``'s ``control=`` and ``gate=`` arguments, checked: ``(prepared control or None, options or None)``."""
+    from lineas_tl.chat import as_conversations
+    from lineas_tl.validate import check_prompts
+
+    options = GateOptions.of(gate)
+    if control is None:
+        if options is not None:
+            raise SteeringInputError("gate=True needs control prompts: fit(source, target, control=[...], gate=True)")
+        return None, None
+    check_prompts(control, "control", minimum=2)
+    return runner.prepare(as_conversations(control, chat)), options
+
+
+def generation_pool_mask(runner: Any, prompt: Any, chat: bool = False, attention_mask: Tensor | None = None) -> Tensor | None:
+    """The pooling mask of ``prompt`` as ``runner.generate`` will left-pad it (None if unknown)."""
+    from lineas_tl.chat import as_conversations, is_conversation
+
+    if not hasattr(runner, "prepare") or not hasattr(runner, "generate"):
+        return None
+    prompts = [prompt] if isinstance(prompt, str) or is_conversation(prompt) else prompt
+    prompts = as_conversations(prompts, chat)
+    if isinstance(prompts, Tensor) and prompts.ndim == 1:
+        prompts = prompts[None]
+    try:
+        prepared = runner.prepare(prompts, attention_mask)
+    except TypeError:
+        prepared = runner.prepare(prompts)
+    with torch.no_grad():
+        return prepared.batch(range(len(prepared)), padding_side="left").mask

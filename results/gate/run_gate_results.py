@@ -1,0 +1,85 @@
+"""Issue 19's results: every method with and without its gate, per concept, on SmolLM2.
+
+For each concept, runs :func:`lineas_tl.evaluate.compare` twice on the same fit prompts, held-out
+prompts, reference text and sampling seeds: once plain, once with ``control=`` and ``gate=True``
+(the gated rows are renamed ``<method>+gate``), then writes the merged table, the frontier summary
+(reference-text perplexity budgets +5/+10/+25%, with the continuations' perplexity under the
+unsteered model) and the plot under ``results/gate/<concept>/``.
+
+    python results/gate/run_gate_results.py --quick            # minutes on 2 CPU cores: plumbing only
+    python results/gate/run_gate_results.py                    # the full run (hours on a CPU; use a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+METHODS = ("lineas", "linear_act", "mean_act", "iti", "actadd")
+
+
+def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0) -> None:
+    import pandas as pd
+
+    from lineas_tl import models
+    from lineas_tl.concepts import get_concept, reference_text
+    from lineas_tl.evaluate import compare, frontier_summary
+    from lineas_tl.evaluate.frontier import format_frontier
+    from lineas_tl.evaluate.plot import plot_tradeoff
+    from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
+
+    model = models.load("smollm2-135m")
+    c = get_concept(concept_name)
+    n_fit, n_eval = (8, 3) if quick else (32, 30)
+    src, tgt = c.split(n_fit, seed=seed)
+    control = c.control_prompts(n_fit, seed=seed)
+    methods = ("lineas", "mean_act") if quick else METHODS
+    strengths = (0.5, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    gen = GenerationConfig(max_new_tokens=8, n_samples=1) if quick else PAPER
+    kwargs = {"lineas": {"steps": 3, "warn": False}} if quick else {}
+    common = dict(
+        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer, reference_texts=reference_text(4 if quick else 64, max_words=60),
+        strengths=strengths, generation=gen, n_in_sample=0, seed=seed, progress=not quick, extra_strengths=(),
+    )
+    plain = compare(model, src, tgt, methods, method_kwargs=kwargs, **common)
+    gated_kwargs = {m: {**kwargs.get(m, {}), "control": control, "gate": True} for m in methods}
+    gated = compare(model, src, tgt, methods, method_kwargs=gated_kwargs, **common)
+    protocol, histories = plain.attrs["protocol"], gated.attrs.get("histories", {})
+    plain.attrs, gated.attrs = {}, {}  # attrs hold DataFrames, which pandas' concat cannot compare
+    gated = gated[gated["method"] != "ceiling"].assign(method=lambda t: t["method"] + "+gate")
+    table = pd.concat([plain, gated], ignore_index=True)
+    out = out_root / concept_name
+    out.mkdir(parents=True, exist_ok=True)
+    column = "score_out"
+    if c.goal == "increase":  # the frontier minimises: style's P(Shakespeare) is flipped
+        for col in (column, f"{column}_lo", f"{column}_hi"):
+            table[col] = 1 - table[col]
+        table[[f"{column}_lo", f"{column}_hi"]] = table[[f"{column}_hi", f"{column}_lo"]].to_numpy()
+    summary = frontier_summary(table, (0.05, 0.10, 0.25), column)
+    table.to_csv(out / "comparison.csv", index=False)
+    summary.to_csv(out / "frontier.csv", index=False)
+    plot_tradeoff(table, out / "tradeoff.png", title=f"{concept_name}: with and without the gate")
+    gate_acc = {m: h.get("gate", {}).get("n_active") for m, h in histories.items()}
+    (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
+    (out / "protocol.json").write_text(json.dumps({"quick": quick, "protocol": protocol, "gate_active_sites": gate_acc}, indent=1, default=str))
+    print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--concepts", nargs="+", default=["toxicity", "sentiment", "style"])
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1 if args.quick else torch.get_num_threads())
+    out = args.out or (HERE / ("quick" if args.quick else "full"))
+    for name in args.concepts:
+        run(name, args.quick, out)
+
+
+if __name__ == "__main__":
+    main()
