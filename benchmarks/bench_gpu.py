@@ -318,6 +318,7 @@ def main() -> int:
     new = args.new_tokens or (4 if smoke else 32)
     repeats = args.repeats or (1 if smoke else 3)
     started = time.perf_counter()
+    out = args.out or (None if smoke else HERE / "RESULTS_gpu.md")
     command = "python benchmarks/bench_gpu.py" + " ".join([""] + sys.argv[1:])
     machine = torch.cuda.get_device_name(0) if not smoke else f"CPU ({platform.processor() or platform.machine()}), 1 thread"
     import transformers
@@ -351,15 +352,20 @@ def main() -> int:
             gc.collect()
             if not smoke:
                 torch.cuda.empty_cache()
+            write(res, out, started, final=False)  # a run cut short still leaves what it measured
+    print(write(res, out, started, final=True))
+    return 0
+
+
+def write(res: dict[str, Any], out: Path | None, started: float, final: bool) -> str:
     res["seconds"] = time.perf_counter() - started
-    text = report(res)
-    print(text)
-    out = args.out or (None if smoke else HERE / "RESULTS_gpu.md")
+    text = report(res) + ("" if final else "\n(partial: the run was still going when this was written)\n")
     if out is not None:
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-        print(f"wrote {out}")
-    return 0
+        if final:
+            print(f"wrote {out}")
+    return text
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def steerer_model(meta: dict[str, Any], model: str | None) -> str:
 
 # ----------------------------------------------------------------------------- commands
 _MODEL_HELP = (
-    "Embedded model name (smollm2-135m: SmolLM2-135M-Instruct, Q4_1 GGUF, dequantised), a .gguf file, "
+    "Embedded model name (smollm2-135m: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)), a .gguf file, "
     "or a local Hugging Face model directory; nothing is downloaded."
 )
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=_MODEL_HELP)]

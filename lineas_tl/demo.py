@@ -1,6 +1,7 @@
 """The main job: LinEAS against the baselines on a real model, offline, in one command.
 
-``lineas-tl demo`` loads the embedded default model (SmolLM2-135M, shipped inside a PyPI package),
+``lineas-tl demo`` loads the embedded default model (SmolLM2-135M-Instruct (Q4_1 GGUF,
+dequantised), shipped inside a PyPI package),
 fits every method on 32 source and 32 target prompts of a concept, sweeps the strength (11 values in
 [0, 1], and 1.5 and 2 for the distribution-matching methods), and measures, per method and
 strength, the concept score of sampled continuations of held-out prompts (the paper's protocol:

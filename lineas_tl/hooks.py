@@ -71,6 +71,11 @@ class SteeringHook(_ShortRepr):
     position's index in its prompt: from ``tracker`` in generation (so with the KV cache only the
     first call, which holds the prompt, is touched, and left padding is skipped), else ``0, 1, ...``
     (a plain forward pass on right-padded or single sequences).
+
+    In inference (a frozen map, or no autograd) the map is one fused multiply-add with the strength
+    folded in, ``scale = 1 + strength (omega - 1)``, ``shift = strength b`` (the inverse likewise),
+    computed on the first call and kept; a fit (trainable map under autograd) runs the map itself,
+    differentiably. A hook at strength 0 reports :attr:`skips`, and the runner does not attach it.
     """
 
     map_: AffineMap

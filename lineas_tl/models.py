@@ -47,7 +47,7 @@ def cache_root() -> Path:
 
 
 def smollm2_cache_dir() -> Path:
-    """Default directory holding the converted SmolLM2-135M model."""
+    """Default directory holding the converted SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised) model."""
     return cache_root() / "models" / _SMOLLM2
 
 

@@ -298,7 +298,7 @@ class LanguageModelRunner:
         if self._takes_use_cache:
             kwargs["use_cache"] = False
         if self._gives_positions and batch.extra.get("padding_side") == "right" and "position_ids" not in kwargs:
-            kwargs["position_ids"] = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+            kwargs["position_ids"] = torch.arange(tokens.shape[1], device=tokens.device)[None]  # HF's default
         hooks = [h for h in hooks if not getattr(h[1], "skips", False)]  # strength 0: not attached at all
         try:
             with self.model.hooks(fwd_hooks=hooks):

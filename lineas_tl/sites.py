@@ -112,6 +112,16 @@ def preset_sites(model: Any, preset: str) -> list[str]:
     )
 
 
+_PRE_NORM_RE = re.compile(r"(?:^|\.)blocks\.\d+\.ln\d+\.hook_(?:out|normalized)$")
+
+
+def is_pre_norm_site(name: str) -> bool:
+    """Whether a site is a pre-sublayer layer norm's output (``blocks.3.ln2.hook_out``: what the
+    MLP reads), the paper's site in a pre-LN model. Post norms (``ln1_post``, Gemma-2/3), which
+    write to the residual stream, are not."""
+    return _PRE_NORM_RE.search(name) is not None
+
+
 def has_post_norms(model: Any) -> bool:
     """Whether the blocks have post-sublayer norms (Gemma-2/3 style), the paper's own sites."""
     return "blocks.0.ln1_post.hook_out" in hook_points(model)

@@ -113,8 +113,7 @@ def test_smollm2_steered_in_llama_cpp_like_in_transformer_lens(smollm2, tmp_path
     for name, (steerer, model_file, cvec) in runs.items():
         report = parity.teacher_forced(smollm2, steerer, model_file, prompts, plain_gguf=plain,
                                        control_vector=cvec, n_new=n_new)
-        with steerer.steer(1.0):
-            tl_gen = [s[len(t):] for s, t in zip(parity.bridge_continuations(smollm2, tokens, n_new), tokens)]
+        tl_gen = [s[len(t):] for s, t in zip(report.sequences, tokens)]  # the bridge's steered greedy text
         cpp_gen = llama_cpp.greedy(model_file, tokens, n_new, control_vector=cvec)
         score = {"tl": negativity(tl_gen), "cpp": negativity(cpp_gen)}
         msg = f"{name}: {report}; negativity {score} (plain: tl {plain_tl:.3f}, cpp {plain_cpp:.3f})"

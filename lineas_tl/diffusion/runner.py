@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from lineas_tl.gate.state import begin_trajectory
 from lineas_tl.hooks import GenerationPositions, PoolingRecorder
 from lineas_tl.runner import Batch, Hook
 
@@ -152,6 +153,9 @@ class DiffusionRunner:
     norms (features on axis 2).
     """
 
+    has_tokens = False
+    """No token pooling mask: a gate counts every spatial position (and generation needs no prompt pass)."""
+
     def __init__(self, model: HookedPipeline):
         self.model = model
 
@@ -243,6 +247,7 @@ class DiffusionRunner:
         recorders = [fn for _, fn in hooks if isinstance(fn, PoolingRecorder)]
         sums: dict[int, Tensor] = {}  # id(recorder) -> sum over steps of what it pooled
         out = None
+        begin_trajectory(hooks)  # a gate is read at the first step, as in generation
         with self.model.hooks(fwd_hooks=hooks):
             for args, kwargs in steps:
                 out = self.model.unet(*args, **kwargs)
@@ -296,7 +301,11 @@ class DiffusionRunner:
         if "generator" not in call:
             per_prompt = int(call.get("num_images_per_prompt") or 1)
             call["generator"] = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts) * per_prompt)]
-        with self.model.hooks(fwd_hooks=make_hooks(None)):
+        hooks = [h for h in make_hooks(None) if not getattr(h[1], "skips", False)]  # strength 0, gate off: none
+        # a gated steerer's "prompt" gate: per image, read at the first denoising step (the step the
+        # probes were fitted on), kept for the later steps; with CFG the conditional row's gate
+        begin_trajectory(hooks, len(prompts) * int(call.get("num_images_per_prompt") or 1))
+        with self.model.hooks(fwd_hooks=hooks):
             out = self.pipe(prompt=prompts, output_type=output_type, **call)
         images = out.images if hasattr(out, "images") else out[0]
         return images[0] if single and len(images) == 1 else images

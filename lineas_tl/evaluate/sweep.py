@@ -107,6 +107,7 @@ def compare(
     max_scored_ppl_increase: float | None = None,
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     batch_size: int = 16,
+    generation_batch_size: int | None = None,
     threshold: float = 0.5,
     out_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -160,6 +161,9 @@ def compare(
         max_scored_ppl_increase: skip scoring rows beyond this perplexity increase (None: score all).
         budgets: perplexity budgets of the frontier summary.
         batch_size: rows per generation / perplexity batch.
+        generation_batch_size: rows per generation batch (None: ``batch_size``). On a GPU pass a
+            prompt set's rows (prompts x ``n_samples``): one batch per set. Other draws, same
+            distribution (common random numbers still hold across methods and strengths).
         threshold: score above which a continuation counts as showing the concept.
         out_dir: if given, ``comparison.csv``, ``frontier.csv`` and ``tradeoff.png`` are written there.
         seed: seeds fitting (where the method takes a seed), sampling and the bootstrap.
@@ -194,6 +198,9 @@ def compare(
         raise ValueError("nothing to score: n_in_sample=0 and no eval_prompts")
     refs = list(reference_texts) if reference_texts is not None else list(REFERENCE_TEXTS)
     scorer = scorer or toxicity_scorer
+    gen_batch = batch_size if generation_batch_size is None else int(generation_batch_size)
+    if gen_batch < 1:
+        raise ValueError(f"generation_batch_size must be at least 1, got {generation_batch_size}")
     fluency: dict[str, float] = {}
 
     def score(
@@ -202,7 +209,7 @@ def compare(
         if not prompts:
             return None, ""
         texts = continuations(model, prompts, steerer, strength, config=generation, seed=seed,
-                              batch_size=batch_size, progress=progress)  # fmt: skip
+                              batch_size=gen_batch, progress=progress)  # fmt: skip
         s = concept_score(texts, scorer, threshold, per_prompt=generation.n_samples, seed=seed)
         if prompts is evals:  # "are the outputs still language?": the held-out continuations under the plain model
             c = continuation_perplexity(model, prompts, texts, generation.n_samples, batch_size=batch_size, seed=seed)
@@ -249,6 +256,7 @@ def compare(
         "budgets": list(budgets),
         "max_scored_ppl_increase": max_scored_ppl_increase,
         "seed": seed,
+        "generation_batch_size": gen_batch,
         "complete": False,
         "rows_planned": sum(len(g) for g in grids.values()),
     }

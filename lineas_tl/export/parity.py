@@ -23,9 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ class Parity:
         n_decisive: how many such positions.
         n_positions: how many positions in all.
         plain_error: median over positions of the plain model's largest logit error.
+        sequences: the token sequences compared (prompt + the bridge's steered continuation), when
+            :func:`teacher_forced` made them.
     """
 
     delta_cosine: np.ndarray
@@ -55,6 +58,7 @@ class Parity:
     n_decisive: int
     n_positions: int
     plain_error: float
+    sequences: list[list[int]] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
         cos = self.delta_cosine
@@ -145,7 +149,8 @@ def teacher_forced(
     cpp_steered = llama_cpp.logits(exported or plain_gguf, seqs, control_vector=control_vector)
     judged = [slice(len(t) - 1, len(s) - 1) for t, s in zip(tokens, seqs)]  # predicting the continuation
     pick = lambda rows: [r[j] for r, j in zip(rows, judged)]  # noqa: E731
-    return compare(pick(tl_plain), pick(tl_steered), pick(cpp_plain), pick(cpp_steered))
+    report = compare(pick(tl_plain), pick(tl_steered), pick(cpp_plain), pick(cpp_steered))
+    return dataclasses.replace(report, sequences=seqs)
 
 
 __all__ = ["Parity", "bridge_continuations", "bridge_logits", "compare", "teacher_forced"]

@@ -172,8 +172,8 @@ def generation_pool_mask(runner: Any, prompt: Any, chat: bool = False, attention
     """The pooling mask of ``prompt`` as ``runner.generate`` will left-pad it (None if unknown)."""
     from lineas_tl.chat import as_conversations, is_conversation
 
-    if not hasattr(runner, "prepare") or not hasattr(runner, "generate"):
-        return None
+    if not hasattr(runner, "prepare") or not hasattr(runner, "generate") or not getattr(runner, "has_tokens", True):
+        return None  # a diffusion pipeline: every position counts, and preparing would run the pipeline
     prompts = [prompt] if isinstance(prompt, str) or is_conversation(prompt) else prompt
     prompts = as_conversations(prompts, chat)
     if isinstance(prompts, Tensor) and prompts.ndim == 1:

@@ -45,7 +45,9 @@ def gates(steerer: SteererLike, text: Any, strength: Any = 1.0, *, inverse: bool
     """Run ``text`` (one prompt) through the steered model and record every site's gate per token.
 
     The gates are read with the steering active at ``strength``, as in generation: a site's gate
-    sees the activations its upstream sites' maps produce.
+    sees the activations its upstream sites' maps produce. For a diffusion pipeline ``text`` is a
+    prompt, read at the fitting step(s) with the first prompt's seed, and each site has one value
+    (the image's gate; with the ``"token"`` driver the mean over spatial positions).
     """
     gate = getattr(steerer, "gate_", None)
     if gate is None:
@@ -58,6 +60,9 @@ def gates(steerer: SteererLike, text: Any, strength: Any = 1.0, *, inverse: bool
     pairs[0][1].state.record = record  # one GateState is shared by all of a call's hooks
     with torch.no_grad():
         runner.forward(batch, pairs, sites=list(steerer.maps_))
+    if "input" not in batch.kwargs:  # a diffusion pipeline: one value per image and site
+        values = {s: record[s][0].float().mean().reshape(1) if s in record else torch.zeros(1) for s in steerer.maps_}
+        return GateTrace(["<image>"], values, gate.accuracy, gate.active_sites)
     ids = batch.kwargs["input"][0].tolist()
     tok = getattr(runner, "tokenizer", None)
     tokens = [tok.decode([i]) for i in ids] if tok is not None else [str(i) for i in ids]

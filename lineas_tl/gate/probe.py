@@ -60,9 +60,34 @@ class SiteProbe(nn.Module):
         d = self.components @ (self.weight / self.scale)
         return d, self.bias - self.mean @ d
 
+    def folded(self, device: torch.device | None = None) -> tuple[Float[Tensor, " F"], Tensor]:
+        """:meth:`direction` on ``device``, cached: computed again only when a tensor of the probe
+        changes (in place, or replaced, e.g. by ``.to()``) or another device is asked for. While the
+        probe is trained (its weights require grad and autograd is on) it is computed afresh each time."""
+        tensors = (self.weight, self.bias, self.mean, self.components, self.scale)
+        if torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad):
+            d, e = self.direction()
+            return (d, e) if device is None else (d.to(device), e.to(device))
+        key = (device, self.weight.device, *[(t.data_ptr(), t._version) for t in tensors])
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                d, e = self.direction()
+                if device is not None:
+                    d, e = d.to(device), e.to(device)
+            cached = (key, d, e)
+            self.__dict__["_folded"] = cached
+        return cached[1], cached[2]
+
     def logit(self, x: Float[Tensor, "... F"]) -> Float[Tensor, "..."]:
         d, e = self.direction()
         return x.float() @ d.to(x.device) + e.to(x.device)
+
+    def unfolded_logit(self, x: Float[Tensor, "... F"]) -> Float[Tensor, "..."]:
+        """The logit as the probe reads it: standardised principal components, then the weights
+        (:meth:`logit` computes the same through the folded direction)."""
+        z = ((x.float() - self.mean.to(x.device)) @ self.components.to(x.device)) / self.scale.to(x.device)
+        return z @ self.weight.to(x.device) + self.bias.to(x.device)
 
     def forward(self, x: Float[Tensor, "... F"]) -> Float[Tensor, "..."]:
         return torch.sigmoid(self.logit(x))

@@ -21,10 +21,19 @@ token with it): a call starting at 0 recomputes from scratch, a later call conti
 where the previous call ended. Both paths sum the same logits, so cached and uncached generation
 agree. Outside generation (``steer()``, fitting, :func:`~lineas_tl.gate.inspect.gates`) each
 forward call is a whole sequence and no state is kept.
+
+Diffusion (:mod:`lineas_tl.diffusers`): the probes are fitted on spatially pooled activations of
+the first denoising step (``pool_steps=0``), so the ``"prompt"`` driver gives **one gate per image
+and site**, read at the trajectory's first UNet call (the spatial mean's logit, exactly what the
+probe was fitted on) and kept for the later steps (:meth:`GateState.begin`, called by the runner);
+with classifier-free guidance both halves take the conditional row's gate. After the first step it
+costs nothing but the blend. ``"token"`` gates each spatial position at every step instead (the
+probe read off the distribution it was fitted on, and a dot product per position and step).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +50,18 @@ DRIVERS: tuple[str, ...] = ("token", "running", "prompt")
 
 
 @dataclass(repr=False)
+class _Call:
+    """What every site of one forward call shares: computed once per call, not once per site."""
+
+    key: tuple[Any, ...]
+    start: int
+    counted: Tensor | None  # [batch, n_pos] bool; None: every position counted (a generated-only call)
+    c: Tensor | None  # counted as float32
+    prompt_w: Tensor | None  # [batch, n_pos] weights of the prompt's counted tokens; None: no prompt here
+    prompt_n: Tensor | None  # their count per row
+
+
+@dataclass(repr=False)
 class GateState(_ShortRepr):
     """Per-row driver state shared by one set of gated hooks (one generation, or one forward pass).
 
@@ -50,6 +71,12 @@ class GateState(_ShortRepr):
             ``[batch, pos]`` for a plain forward pass: 1 where a prompt token is counted. None:
             every real token counts (left padding, known from ``tracker``, never does).
         record: if a dict, every gated hook stores its gate values there (``site -> [batch, pos]``).
+
+    Speed: the positions' bookkeeping (which tokens are counted, where the call starts) is done once
+    per forward call and shared by every site; a probe's folded direction is cached
+    (:meth:`SiteProbe.folded`); the ``"prompt"`` driver reads no activation once the prompt is read
+    (its gate is a number per row, cast and shaped once); a call of generated tokens only skips the
+    masking, which would multiply by one. The arithmetic is the same as computing everything afresh.
     """
 
     tracker: GenerationPositions | None = None
@@ -57,6 +84,22 @@ class GateState(_ShortRepr):
     record: dict[str, Tensor] | None = None
     _sums: dict[str, tuple[Tensor, Tensor, int]] = field(default_factory=dict)
     _prompt: dict[str, Tensor] = field(default_factory=dict)
+    _prompt_cast: dict[str, tuple[Any, Tensor]] = field(default_factory=dict)
+    _call: _Call | None = None
+    freeze: bool = False
+    """Keep each site's ``"prompt"`` gate of the first call for the later ones (a diffusion
+    trajectory: the gate is read at the first denoising step, see :meth:`begin`)."""
+    cond_rows: int | None = None
+    """Images in the trajectory; a first call of twice as many rows is classifier-free guidance's
+    ``[uncond, cond]`` batch, and both halves take the conditional rows' gate."""
+
+    def begin(self, images: int | None = None) -> None:
+        """Start a new diffusion trajectory: forget every gate kept, freeze the next ones."""
+        self._sums.clear()
+        self._prompt.clear()
+        self._prompt_cast.clear()
+        self._call = None
+        self.freeze, self.cond_rows = True, images
 
     def _start(self, n_pos: int) -> int:
         if self.tracker is None:
@@ -80,43 +123,102 @@ class GateState(_ShortRepr):
             prompt_counted = prompt_counted.expand(batch, n_pos)
         return start, torch.where(in_prompt[None], prompt_counted, torch.ones_like(prompt_counted))
 
+    def _positions(self, batch: int, n_pos: int, device: torch.device, ordered: bool) -> _Call:
+        """The call's :class:`_Call`, computed by its first gated site and reused by the others."""
+        calls = self.tracker.calls if self.tracker is not None else None
+        key = (calls, batch, n_pos, device, ordered)
+        info = self._call
+        if info is not None and info.key == key:
+            return info
+        tracked = self.tracker is not None
+        start = self._start(n_pos)
+        if tracked and start >= self.tracker.prompt_len:  # generated tokens only: all counted, no prompt
+            info = _Call(key, start if ordered else 0, None, None, None, None)
+        else:
+            start, counted = self.counted(batch, n_pos, device)
+            start = start if ordered else 0  # not [batch, pos, ...]: "running" is the image's raster order
+            c = counted.float()
+            w = c
+            if tracked:
+                w = c * (torch.arange(start, start + n_pos, device=device) < self.tracker.prompt_len)[None].float()
+            info = _Call(key, start, counted, c, w, w.sum(1))
+        self._call = info
+        return info
+
     def gate(self, site: str, act: Tensor, probe: SiteProbe, driver: str, feature_axis: int, n_feat: int) -> Tensor:
         """Gate values for ``act``, shaped to broadcast against it (features axes of size 1)."""
-        x = to_features_last(act, feature_axis, n_feat)
-        lead = x.shape[: x.ndim - n_feat]
-        x = x.reshape(lead[0], -1, *x.shape[x.ndim - n_feat:]).flatten(2)  # [batch, positions, F]
-        batch, n_pos = x.shape[:2]
-        d, e = probe.direction()
-        a = x.float() @ d.to(x.device)  # [batch, pos]: the logit without its constant
-        start, counted = self.counted(batch, n_pos, x.device)
-        if feature_axis != 2:  # not [batch, pos, ...]: no token order; "running" is the image's raster order
-            start = 0
-        a = torch.where(counted, a, torch.zeros_like(a))
-        c = counted.to(a.dtype)
-        if driver == "token":
-            g = torch.sigmoid(a + e.to(a.device)) * c
-        elif driver == "running":
-            s0, n0 = self._continue(site, start, batch, a)
-            sums, counts = s0[:, None] + a.cumsum(1), n0[:, None] + c.cumsum(1)
-            if self.tracker is not None:
-                self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), start + n_pos)
-            mean = sums / counts.clamp_min(1)
-            g = torch.sigmoid(mean + e.to(a.device)) * (c * (counts > 0).to(a.dtype))
-        elif driver == "prompt":
-            g_prompt = self._prompt_gate(site, start, a, c, e, n_pos)
-            g = g_prompt[:, None] * c
-        else:
+        x = act if act.ndim == feature_axis + n_feat else to_features_last(act, feature_axis, n_feat)
+        batch = x.shape[0]
+        n_pos = math.prod(x.shape[1 : x.ndim - n_feat])
+        call = self._positions(batch, n_pos, x.device, feature_axis == 2)
+        if driver == "prompt" and (call.prompt_w is None or self.freeze) and site in self._prompt:
+            if len(self._prompt[site]) == batch:
+                return self._frozen(site, act, n_pos)  # the prompt was read before: no activation needed
+        d, e = probe.folded(x.device)
+        a = x.reshape(batch, n_pos, -1).float() @ d  # [batch, pos]: the logit without its constant
+        if driver not in DRIVERS:
             raise ValueError(f"unknown gate driver {driver!r}; choose one of {DRIVERS}")
+        if call.counted is not None:
+            a = torch.where(call.counted, a, torch.zeros_like(a))
+        if driver == "token":
+            g = torch.sigmoid(a + e)
+            g = g if call.c is None else g * call.c
+        elif driver == "running":
+            g = self._running(site, call, a, e, batch, n_pos)
+        elif call.prompt_w is None:  # "prompt", generated tokens, prompt never seen: not steered
+            g = torch.zeros(batch, n_pos, dtype=a.dtype, device=a.device)
+        else:  # "prompt", a call holding the prompt
+            mean = (a * call.prompt_w).sum(1) / call.prompt_n.clamp_min(1)
+            g_prompt = torch.sigmoid(mean + e) * (call.prompt_n > 0).to(a.dtype)
+            n = self.cond_rows
+            if self.freeze and n is not None and batch == 2 * n:  # CFG: the conditional rows' gate
+                g_prompt = g_prompt[n:].repeat(2)
+            if self.tracker is not None or self.freeze:
+                self._prompt[site] = g_prompt.detach()
+                self._prompt_cast.pop(site, None)
+            g = g_prompt[:, None] * call.c
         if self.record is not None:
             self.record[site] = g.detach().reshape(batch, n_pos).cpu()
+        return g.to(act.dtype).reshape(self._shape(act, feature_axis, n_feat))
+
+    @staticmethod
+    def _shape(act: Tensor, feature_axis: int, n_feat: int) -> list[int]:
         shape = list(act.shape)
-        for i in range(feature_axis, feature_axis + n_feat):
-            shape[i] = 1
-        return g.to(act.dtype).reshape(shape)
+        shape[feature_axis : feature_axis + n_feat] = [1] * n_feat
+        return shape
+
+    def _frozen(self, site: str, act: Tensor, n_pos: int) -> Tensor:
+        """The ``"prompt"`` gate of a generated-only call: the prompt's, ``[batch, 1, ..., 1]``."""
+        g = self._prompt[site]
+        if self.record is not None:
+            self.record[site] = g.detach()[:, None].expand(len(g), n_pos).cpu()
+        cached = self._prompt_cast.get(site)
+        key = (act.dtype, act.device, act.ndim)
+        if cached is None or cached[0] != key:
+            cached = (key, g.to(device=act.device, dtype=act.dtype).reshape(len(g), *[1] * (act.ndim - 1)))
+            self._prompt_cast[site] = cached
+        return cached[1]
+
+    def _running(self, site: str, call: _Call, a: Tensor, e: Tensor, batch: int, n_pos: int) -> Tensor:
+        s0, n0 = self._continue(site, call.start, batch, a)
+        if call.c is None:  # generated tokens only: every one counted, so every count is at least 1
+            if n_pos == 1:  # the KV cache's one new token
+                sums, counts = s0[:, None] + a, n0[:, None] + 1.0
+            else:
+                counts = n0[:, None] + torch.arange(1, n_pos + 1, dtype=a.dtype, device=a.device)[None]
+                sums = s0[:, None] + a.cumsum(1)
+            if self.tracker is not None:
+                self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
+            return torch.sigmoid(sums / counts + e)
+        sums, counts = s0[:, None] + a.cumsum(1), n0[:, None] + call.c.cumsum(1)
+        if self.tracker is not None:
+            self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
+        g = torch.sigmoid(sums / counts.clamp_min(1) + e)
+        return g * (call.c * (counts > 0).to(a.dtype))
 
     def _continue(self, site: str, start: int, batch: int, a: Tensor) -> tuple[Tensor, Tensor]:
-        zeros = torch.zeros(batch, dtype=a.dtype, device=a.device)
         if start == 0:
+            zeros = torch.zeros(batch, dtype=a.dtype, device=a.device)
             return zeros, zeros
         saved = self._sums.get(site)
         if saved is None or saved[2] != start:
@@ -124,20 +226,7 @@ class GateState(_ShortRepr):
                 f"gate state at {site!r} is out of step (a call starts at position {start}, the state "
                 f"ends at {saved[2] if saved else 0}); use one GateState per generation"
             )
-        return saved[0].to(a.device), saved[1].to(a.device)
-
-    def _prompt_gate(self, site: str, start: int, a: Tensor, c: Tensor, e: Tensor, n_pos: int) -> Tensor:
-        if start > 0 and self.tracker is not None and site in self._prompt:  # the prompt was read before
-            return self._prompt[site].to(a.device)
-        in_prompt = torch.ones(n_pos, dtype=torch.bool, device=a.device)
-        if self.tracker is not None:
-            in_prompt = torch.arange(start, start + n_pos, device=a.device) < self.tracker.prompt_len
-        w = c * in_prompt[None].to(c.dtype)
-        mean = (a * w).sum(1) / w.sum(1).clamp_min(1)
-        g = torch.sigmoid(mean + e.to(a.device)) * (w.sum(1) > 0).to(a.dtype)
-        if self.tracker is not None:
-            self._prompt[site] = g.detach()
-        return g
+        return saved[0], saved[1]  # kept on the device of the site's activations
 
 
 @dataclass(repr=False)
@@ -163,6 +252,11 @@ class GatedSteeringHook(_ShortRepr):
     def active(self) -> bool:
         return self.probe.active and self.steer.strength != 0
 
+    @property
+    def skips(self) -> bool:
+        """An inactive site leaves every activation unchanged: the runners do not attach it at all."""
+        return not self.probe.active or self.steer.skips
+
     def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
         m = self.steer.map_
         if not self.active:
@@ -171,6 +265,19 @@ class GatedSteeringHook(_ShortRepr):
             return act
         g = self.state.gate(self.site, act, self.probe, self.driver, m.feature_axis, len(m.feature_shape))
         return act + g * (self.steer(act, hook=hook) - act)
+
+
+def begin_trajectory(hooks: Any, images: int | None = None) -> None:
+    """Tell the gated hooks among ``hooks`` (``(site, hook)`` pairs) that a diffusion trajectory
+    starts: each :class:`GateState` forgets what it kept and freezes its ``"prompt"`` gates at the
+    first UNet call (see :meth:`GateState.begin`). Hooks of other kinds are left alone."""
+    seen: set[int] = set()
+    for _, fn in hooks:
+        for h in (fn, getattr(fn, "steer", None)):  # a gated hook, or a recorder steering through one
+            state = getattr(h, "state", None)
+            if isinstance(state, GateState) and id(state) not in seen:
+                seen.add(id(state))
+                state.begin(images)
 
 
 def site_gate_values(state: GateState) -> dict[str, Float[Tensor, "batch pos"]]:

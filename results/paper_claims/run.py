@@ -218,7 +218,9 @@ def operating_points(bench: Bench, log: Any) -> list[dict[str, Any]]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> Any:
-    """Per (method, N): mean over seeds of the score, perplexity and W2 ratios, with a 95% interval over seeds."""
+    """Per (method, N): mean over seeds of the score, perplexity and W2 ratios, with a 95% interval
+    over seeds (``*_lo``/``*_hi``) and, for the score, the per-fit interval over prompts averaged
+    over seeds (``score_prompts_lo``/``score_prompts_hi``)."""
     import pandas as pd
 
     from lineas_tl.evaluate.bootstrap import bootstrap_ci
@@ -229,6 +231,8 @@ def summarise(rows: list[dict[str, Any]]) -> Any:
         for col in ("score", "ppl_ratio", "w2_ratio", "strength"):
             lo, hi = bootstrap_ci(g[col].to_numpy()) if len(g) > 1 else (math.nan, math.nan)
             entry.update({col: g[col].mean(), f"{col}_lo": lo, f"{col}_hi": hi})
+        # the interval over prompts of each fit, averaged over seeds (the only one with a single seed)
+        entry.update(score_prompts_lo=g["score_lo"].mean(), score_prompts_hi=g["score_hi"].mean())
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -245,8 +249,10 @@ def plots(out: Path, summary: Any, sparse: list[dict[str, Any]], table: list[dic
             err = np.nan_to_num(np.abs(np.stack([g[col] - g[f"{col}_lo"], g[f"{col}_hi"] - g[col]])))
             ax.errorbar(g["n"], g[col], yerr=err, marker="o", capsize=3, label=method)
     axes[0].axhline(base, color="grey", ls=":", label="unsteered")
+    ns = sorted(summary["n"].unique())
     for ax, title in zip(axes, ("score at the calibrated strength", "perplexity / unsteered", "held-out W2 steered / unsteered")):
-        ax.set(xscale="log", xlabel="N prompts per set", title=title)
+        ax.set_xscale("log", base=2)
+        ax.set(xticks=ns, xticklabels=[str(n) for n in ns], xlabel="N prompts per set", title=title)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "data_efficiency.png", dpi=120)
@@ -284,7 +290,7 @@ def report(out: Path, cfg: Config, bench: Bench, summary: Any, sparse: list[dict
         f"[{bench.base_score['score_lo']:.3f}, {bench.base_score['score_hi']:.3f}], perplexity {bench.base_ppl:.2f}. "
         f"Budget +{100 * cfg.budget:.0f}%; generation: {bench.gen.describe()}; LinEAS: {cfg.lineas or 'the default fit'}, "
         f"sites {cfg.sites or 'default'}.", "",
-        "## Data efficiency (calibrated strength; 95% interval over seeds)", "",
+        "## Data efficiency (calibrated strength; 95% intervals over seeds, and over prompts)", "",
         summary.round(4).to_markdown(index=False), "",
         "## Sparsity", "", pd.DataFrame(sparse).round(4).to_markdown(index=False), "",
         "## Operating points: the paper's strengths next to the calibrated ones", "",
