@@ -46,12 +46,7 @@ def pool(
     x = to_features_last(act, feature_axis, n_feat)
     x = x.reshape(x.shape[0], -1, *feature_shape)  # [batch, positions, *features]
     x = einops.rearrange(x, "b p ... -> b p (...)")
-    if mask is not None and mask.shape != x.shape[:2]:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not fit activation positions {tuple(x.shape[:2])}"
-        )
-    if mask is None:
-        mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.long)
+    mask = _checked_mask(mask, x)
     m = mask.to(device=x.device, dtype=x.dtype)
     if how == "mean":
         return einops.einsum(x, m, "b p f, b p -> b f") / m.sum(1, keepdim=True).clamp_min(1)
@@ -60,6 +55,15 @@ def pool(
         last = (pos * mask.to(x.device).long()).argmax(1)  # highest real position
         return x[torch.arange(x.shape[0], device=x.device), last]
     return x[mask.to(x.device).bool()]
+
+
+def _checked_mask(mask: Tensor | None, x: Tensor) -> Tensor:
+    """``mask`` for ``x``'s ``[batch, positions]`` (all ones when None); an error if it does not fit."""
+    if mask is None:
+        return torch.ones(x.shape[:2], device=x.device, dtype=torch.long)
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit activation positions {tuple(x.shape[:2])}")
+    return mask
 
 
 class BatchPooler:
@@ -86,14 +90,7 @@ class BatchPooler:
         key = (x.dtype, x.device)
         cached = self._weights.get(key)
         if cached is None:
-            mask = self.mask
-            if mask is not None and mask.shape != x.shape[:2]:
-                raise ValueError(
-                    f"mask of shape {tuple(mask.shape)} does not fit activation positions {tuple(x.shape[:2])}"
-                )
-            if mask is None:
-                mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.long)
-            m = mask.to(device=x.device, dtype=x.dtype)
+            m = _checked_mask(self.mask, x).to(device=x.device, dtype=x.dtype)
             cached = self._weights[key] = (m, m.sum(1, keepdim=True).clamp_min(1))
         elif cached[0].shape != x.shape[:2]:
             return pool(act, feature_shape, feature_axis, self.mask, self.how)  # raises the same error
