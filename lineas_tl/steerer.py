@@ -24,8 +24,8 @@ from lineas_tl.methods.base import frozen
 from lineas_tl.pooling import POOLINGS, Pooling
 from lineas_tl.runner import Hook, get_runner
 from lineas_tl.sites import SiteSpec, resolve_sites
-from lineas_tl.validate import check_prompts
 from lineas_tl.steerer_support import HookList, NotFittedError, resolve_hparams
+from lineas_tl.validate import check_prompts
 
 Strength = float | Mapping[str, float] | Literal["calibrated"]
 
