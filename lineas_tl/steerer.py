@@ -25,7 +25,7 @@ from lineas_tl.pooling import POOLINGS, Pooling
 from lineas_tl.runner import Hook, get_runner
 from lineas_tl.sites import SiteSpec, resolve_sites
 from lineas_tl.steerer_support import HookList, NotFittedError, resolve_hparams
-from lineas_tl.validate import check_prompts
+from lineas_tl.validate import SteeringInputError, check_prompts
 
 Strength = float | Mapping[str, float] | Literal["calibrated"]
 
@@ -152,6 +152,11 @@ class HookedSteerer:
         """
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        if control is not None and not gate and method != "lineas":
+            raise SteeringInputError(
+                f"control= without gate=True changes only LinEAS's fit (its control term); {method!r} "
+                "would ignore it. Pass gate=True to gate the maps with a probe, or drop control="
+            )
         check_prompts(source_prompts, "source")
         check_prompts(target_prompts, "target")
         source_prompts = as_conversations(source_prompts, chat)

@@ -142,3 +142,10 @@ def test_any_fit_gives_finite_maps_or_a_clear_error(tiny, method, n, bad_prompt,
         return
     for site, m in steerer.maps_.items():
         assert all(torch.isfinite(p).all() for p in m.parameters()), f"non-finite map at {site}"
+
+
+def test_control_without_a_gate_is_refused_where_the_method_would_ignore_it(tiny):
+    _, steerer, src, tgt = tiny
+    with pytest.raises(SteeringInputError, match="gate=True"):
+        steerer.fit(src, tgt, method="mean_act", control=["the weather is mild", "a train left the station"],
+                    progress=False)
