@@ -13,7 +13,6 @@ Example:
 """
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from lineas_tl.collect import collect_activations
@@ -25,11 +24,8 @@ from lineas_tl.sites import default_sites, resolve_sites
 from lineas_tl.steerer import HookedSteerer
 from lineas_tl.steerer_support import NotFittedError
 from lineas_tl.validate import SteeringInputError
+from lineas_tl.version import __version__
 
-try:
-    __version__ = version("lineas-tl")
-except PackageNotFoundError:  # running from a checkout that was not installed
-    __version__ = "0.0.0+local"
 
 # name -> (module, attribute or None for the module itself), imported on first access
 _LAZY = {

@@ -365,9 +365,9 @@ def _sha256(path: Path) -> str:
 
 
 def _version() -> str:
-    import lineas_tl
+    from lineas_tl.version import __version__
 
-    return str(getattr(lineas_tl, "__version__", "unknown"))
+    return __version__
 
 
 def _json_safe(obj: Any, _depth: int = 0) -> Any:

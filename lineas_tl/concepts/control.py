@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from functools import cache
 
-from lineas_tl.concepts import text
+from lineas_tl.concepts.text import _wiki_paragraphs, news_sentences, prefix, wiki_sentences
 
 POOL_SIZE = 160
 
@@ -24,19 +24,19 @@ POOL_SIZE = 160
 def news_control_pool(used: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """Neutral news prefixes, none from a sentence in ``used`` (the style prompts' sentences)."""
     rng = random.Random(19)
-    pool = [s for s in text.news_sentences() if s not in used and len(s.split()) >= 12]
-    return _off_reference(text.prefix(s, rng) for s in rng.sample(pool, min(POOL_SIZE, len(pool))))
+    pool = [s for s in news_sentences() if s not in used and len(s.split()) >= 12]
+    return _off_reference(prefix(s, rng) for s in rng.sample(pool, min(POOL_SIZE, len(pool))))
 
 
 @cache
 def wiki_control_pool(used: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """Encyclopedic prefixes from the style half of the Wikipedia sample, none from a sentence in ``used``."""
     rng = random.Random(19)
-    pool = [s for s in text.wiki_sentences() if s not in used and len(s.split()) >= 12]
-    return _off_reference(text.prefix(s, rng) for s in rng.sample(pool, min(POOL_SIZE + 16, len(pool))))[:POOL_SIZE]
+    pool = [s for s in wiki_sentences() if s not in used and len(s.split()) >= 12]
+    return _off_reference(prefix(s, rng) for s in rng.sample(pool, min(POOL_SIZE + 16, len(pool))))[:POOL_SIZE]
 
 
 def _off_reference(prefixes: object) -> tuple[str, ...]:
     """Drop any prefix found in a reference paragraph (the sample repeats some text across articles)."""
-    reference = "\n".join(text._wiki_paragraphs(style_half=False))
+    reference = "\n".join(_wiki_paragraphs(style_half=False))
     return tuple(p for p in dict.fromkeys(prefixes) if p not in reference)  # type: ignore[call-overload]

@@ -39,6 +39,7 @@ from lineas_tl.evaluate.sampling import PAPER, GenerationConfig, continuations
 from lineas_tl.evaluate.scoring import ConceptScore, Scorer, concept_score, toxicity_scorer
 from lineas_tl.methods import METHODS
 from lineas_tl.steerer import HookedSteerer
+from lineas_tl.validate import check_number
 
 
 def score_columns(side: str) -> list[str]:
@@ -51,9 +52,8 @@ COLUMNS = [
     "perplexity", "ppl_increase", "scored", "fit_seconds", "eval_seconds", "sample",
     "cont_ppl", "cont_ppl_lo", "cont_ppl_hi", "cont_ppl_increase",
 ]  # fmt: skip
-"""``cont_ppl*``: perplexity of the held-out continuations under the unsteered model given their
-prompt, with its bootstrap interval, and relative to the unsteered model's own continuations
-(:mod:`lineas_tl.evaluate.fluency`)."""
+# cont_ppl*: perplexity of the held-out continuations under the unsteered model given their prompt,
+# its interval, and relative to the unsteered model's own continuations (lineas_tl.evaluate.fluency).
 
 
 def fit_methods(
@@ -198,9 +198,8 @@ def compare(
         raise ValueError("nothing to score: n_in_sample=0 and no eval_prompts")
     refs = list(reference_texts) if reference_texts is not None else list(REFERENCE_TEXTS)
     scorer = scorer or toxicity_scorer
-    gen_batch = batch_size if generation_batch_size is None else int(generation_batch_size)
-    if gen_batch < 1:
-        raise ValueError(f"generation_batch_size must be at least 1, got {generation_batch_size}")
+    gen_batch = batch_size if generation_batch_size is None else check_number(
+        "generation_batch_size", generation_batch_size, integer=True, minimum=1)
     fluency: dict[str, float] = {}
 
     def score(

@@ -59,8 +59,8 @@ def active_strengths(
 
 def steerer_record(steerer: Any, strength: Any, inverse: bool, fmt: str) -> dict[str, Any]:
     """What was exported: method, hyper-parameters, strength, sites, the fitted model's fingerprint."""
-    import lineas_tl
     from lineas_tl.fingerprint import model_fingerprint
+    from lineas_tl.version import __version__
 
     resolved = resolve_strength(steerer, strength, inverse)
     return {
@@ -72,7 +72,7 @@ def steerer_record(steerer: Any, strength: Any, inverse: bool, fmt: str) -> dict
         "inverse": bool(inverse),
         "sites": list(steerer.maps_),
         "fingerprint": model_fingerprint(steerer.model),
-        "lineas_tl_version": str(getattr(lineas_tl, "__version__", "unknown")),
+        "lineas_tl_version": __version__,
     }
 
 
