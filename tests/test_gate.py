@@ -156,6 +156,20 @@ def gated(gpt2_dir, tmp_path_factory):
     return model, fitted, (src, tgt)
 
 
+@pytest.mark.parametrize("method", ["linear_act", "caa", "iti", "actadd"])
+def test_every_baseline_takes_a_gate(gated, method):
+    """Two stages for the baselines: their maps, then a probe at each of their own sites."""
+    model, _, (src, tgt) = gated
+    steerer = HookedSteerer(model).fit(src, tgt, method=method, control=CONTROL, gate={"threshold": 0.0}, progress=False)
+    trace = steerer.gates("you are a stupid idiot")
+    assert set(trace.values) == set(steerer.maps_) == set(steerer.history_["gate"]["accuracy"])
+    assert float(trace.matrix().min()) >= 0 and float(trace.matrix().max()) <= 1
+    tokens = model.to_tokens("you are a stupid idiot")
+    plain = model(tokens)
+    with steerer.steer(1.0):
+        assert not torch.allclose(model(tokens), plain)
+
+
 @pytest.mark.parametrize("driver", ["token", "running", "prompt"])
 def test_gated_generation_exact_with_and_without_kv_cache_and_padding(gated, driver):
     model, fitted, _ = gated

@@ -7,7 +7,12 @@ prompts, reference text and sampling seeds: once plain, once with ``control=`` a
 unsteered model) and the plot under ``results/gate/<concept>/``.
 
     python results/gate/run_gate_results.py --quick            # minutes on 2 CPU cores: plumbing only
-    python results/gate/run_gate_results.py                    # the full run (hours on a CPU; use a GPU)
+    python results/gate/run_gate_results.py --concepts toxicity --threads 1   # ~30 min per concept, 1 CPU thread
+
+The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
+12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
+for the distribution-matching methods, 12 Wikipedia paragraphs for perplexity, rows beyond +50%
+perplexity not generated), so its plain rows are the main job's rows for the same seed.
 """
 
 from __future__ import annotations
@@ -19,31 +24,38 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).parent
-METHODS = ("lineas", "linear_act", "mean_act", "iti", "actadd")
+METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 
 
-def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0) -> None:
+def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS) -> None:
+    import time
+
     import pandas as pd
 
     from lineas_tl import models
     from lineas_tl.concepts import get_concept, reference_text
+    from lineas_tl.demo import DemoConfig
     from lineas_tl.evaluate import compare, frontier_summary
     from lineas_tl.evaluate.frontier import format_frontier
     from lineas_tl.evaluate.plot import plot_tradeoff
-    from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
+    from lineas_tl.evaluate.sampling import GenerationConfig
 
+    started = time.perf_counter()
     model = models.load("smollm2-135m")
-    c = get_concept(concept_name)
-    n_fit, n_eval = (8, 3) if quick else (32, 30)
+    c, cfg = get_concept(concept_name), DemoConfig()
+    n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
     src, tgt = c.split(n_fit, seed=seed)
     control = c.control_prompts(n_fit, seed=seed)
-    methods = ("lineas", "mean_act") if quick else METHODS
-    strengths = (0.5, 1.0) if quick else (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-    gen = GenerationConfig(max_new_tokens=8, n_samples=1) if quick else PAPER
+    methods = ("lineas", "mean_act") if quick else methods
+    strengths = (0.5, 1.0) if quick else cfg.strengths
+    gen = GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation
     kwargs = {"lineas": {"steps": 3, "warn": False}} if quick else {}
     common = dict(
-        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer, reference_texts=reference_text(4 if quick else 64, max_words=60),
-        strengths=strengths, generation=gen, n_in_sample=0, seed=seed, progress=not quick, extra_strengths=(),
+        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer,
+        reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
+        strengths=strengths, generation=gen, n_in_sample=0, seed=seed, progress=not quick,
+        extra_strengths=() if quick else cfg.extra_strengths, batch_size=cfg.batch_size,
+        max_scored_ppl_increase=cfg.max_scored_ppl_increase,
     )
     plain = compare(model, src, tgt, methods, method_kwargs=kwargs, **common)
     gated_kwargs = {m: {**kwargs.get(m, {}), "control": control, "gate": True} for m in methods}
@@ -65,7 +77,9 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0) -> None:
     plot_tradeoff(table, out / "tradeoff.png", title=f"{concept_name}: with and without the gate")
     gate_acc = {m: h.get("gate", {}).get("n_active") for m, h in histories.items()}
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
-    (out / "protocol.json").write_text(json.dumps({"quick": quick, "protocol": protocol, "gate_active_sites": gate_acc}, indent=1, default=str))
+    (out / "protocol.json").write_text(json.dumps({
+        "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": protocol,
+        "gate_active_sites": gate_acc}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -73,12 +87,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--concepts", nargs="+", default=["toxicity", "sentiment", "style"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1 if args.quick else torch.get_num_threads())
+    torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
-        run(name, args.quick, out)
+        run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods))
 
 
 if __name__ == "__main__":

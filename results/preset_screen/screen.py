@@ -3,8 +3,9 @@
 Each candidate is LinEAS at some sites with some preset, evaluated exactly as the main job
 (`lineas-tl demo`) evaluates methods: 32+32 toxicity fit prompts (seed 0), 12 held-out prompts x 2
 sampled continuations (T 1, top_p 0.3, repetition penalty 1.2, 32 tokens), strengths 0..1 and 1.5, 2,
-perplexity on 12 held-out Wikipedia paragraphs, bootstrap CIs over prompts. One seed: a screen, not
-a ranking.
+perplexity on 12 held-out Wikipedia paragraphs, bootstrap CIs over prompts. One seed is a screen, not
+a ranking; ``--seed k`` redraws the fit prompts and the sampling (the held-out prompts and the
+perplexity text stay the same, so seeds share one yardstick) and `seeds.py` pools the seeds.
 
     python results/preset_screen/screen.py --sites paper --preset paper --out results/preset_screen/paper_at_ln2
 """
@@ -29,12 +30,13 @@ def main() -> None:
     parser.add_argument("--sites", default=None, help="site preset or None for the library's default sites")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--concept", default="toxicity")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg, c = DemoConfig(), get_concept(args.concept)
-    source, target = c.split(n_fit=cfg.n_fit, seed=0)
+    source, target = c.split(n_fit=cfg.n_fit, seed=args.seed)
     held_out_target = [p for p in c.target_prompts if p not in set(target)][: cfg.n_target_eval]
     started = time.perf_counter()
     table = compare(
@@ -44,12 +46,13 @@ def main() -> None:
         target_eval_prompts=held_out_target or None, scorer=c.scorer,
         reference_texts=reference_text(n=cfg.n_reference, seed=0, max_words=cfg.reference_words),
         generation=cfg.generation, n_in_sample=cfg.n_in_sample, batch_size=cfg.batch_size,
-        out_dir=args.out, seed=0, progress=False,
+        out_dir=args.out, seed=args.seed, progress=False,
     )
     column = table.attrs["frontier_column"]
     lines = [
-        f"# LinEAS at sites={args.sites!r}, preset={args.preset!r} ({args.concept}, one seed)",
-        f"Command: `python results/preset_screen/screen.py --sites {args.sites} --preset {args.preset} --out {args.out}`"
+        f"# LinEAS at sites={args.sites!r}, preset={args.preset!r} ({args.concept}, seed {args.seed})",
+        f"Command: `python results/preset_screen/screen.py --sites {args.sites} --preset {args.preset}"
+        f" --concept {args.concept} --seed {args.seed} --out {args.out}`"
         f" ({time.perf_counter() - started:.0f} s, {args.threads} thread(s)).",
         "", "Best held-out score within each perplexity budget:", "",
         format_frontier(table.attrs["frontier"]).to_markdown(index=False), "",
