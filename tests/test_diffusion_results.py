@@ -29,7 +29,9 @@ def test_quick_results_are_written_and_sensible(tmp_path):
     main(["--out", str(out), "--quick"])
     assert {p.name for p in out.iterdir()} == {"RESULTS.md", "results.csv", "removal_grid.png", "induction_grid.png"}
     table = pd.read_csv(out / "results.csv").set_index("method")
-    assert list(table.index) == ["unsteered", *QUICK.methods]
+    gated = [f"{m}+gate" for m in QUICK.gated]
+    assert list(table.index) == ["unsteered", *QUICK.methods, *gated]
+    assert table.loc[gated, "share_induced"].isna().all()  # a gate opens on the concept: no inverse measured
     for key in METRICS:
         rows = table[key].notna()
         assert (table.loc[rows, f"{key}_lo"] <= table.loc[rows, key] + 1e-9).all()
@@ -41,7 +43,8 @@ def test_quick_results_are_written_and_sensible(tmp_path):
         assert table.loc[method, "share_induced"] > plain["share_induced"] + 0.2
         assert 0.5 < table.loc[method, "ssim_other"] < 1.0
     grid = Image.open(out / "removal_grid.png")
-    assert grid.size[1] == 14 + 56 * (1 + len(QUICK.methods))  # one row per method, unsteered first
+    assert grid.size[1] == 14 + 56 * (1 + len(QUICK.methods) + len(gated))  # a row per method, unsteered first
+    assert Image.open(out / "induction_grid.png").size[1] == 14 + 56 * (1 + len(QUICK.methods))
     text = (out / "RESULTS.md").read_text()
     assert "python -m lineas_tl.diffusion.results --out" in text and "--quick" in text
     assert "ITI-c is not in this comparison" in text

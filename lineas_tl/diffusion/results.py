@@ -80,6 +80,9 @@ class ResultsConfig:
         seeds: image seeds; every method uses the same ones.
         templates: held-out caption templates evaluated (fit templates are never evaluated).
         methods: fitting methods compared.
+        gated: methods also fitted with a gate (``control=`` digits in the other colours, fit templates
+            only; ``gate=True``), as rows ``<method>+gate``. Their inverse map is not measured: the gate
+            opens on prompts that ask for the colour, which the prompts it would induce it in do not.
         lineas_steps, lineas_lr: LinEAS's step cap and learning rate (None: the library's default
             fit, which stops once converged); the other methods are closed form.
         num_inference_steps: DDIM steps per image.
@@ -90,6 +93,7 @@ class ResultsConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     templates: tuple[int, ...] = EVAL_TEMPLATES
     methods: tuple[str, ...] = METHODS
+    gated: tuple[str, ...] = METHODS
     lineas_steps: int | None = None
     lineas_lr: float | None = None
     num_inference_steps: int = 10
@@ -97,15 +101,17 @@ class ResultsConfig:
 
 #: the quick run: the digits test recipe (shared cache with tests/test_digits.py), one seed, one template
 QUICK = ResultsConfig(
-    digits=DigitsConfig(steps=500, batch_size=32), seeds=(0,), templates=EVAL_TEMPLATES[:1], lineas_steps=60
+    digits=DigitsConfig(steps=500, batch_size=32), seeds=(0,), templates=EVAL_TEMPLATES[:1], lineas_steps=60,
+    gated=("mean_act",),
 )
 
 
-def fit_prompts(colour: str = "red") -> tuple[list[str], list[str]]:
-    """Source (digits in ``colour``) and target (the same digits in the other colours) fit prompts."""
+def fit_prompts(colour: str = "red", shift: int = 0) -> tuple[list[str], list[str]]:
+    """Source (digits in ``colour``) and target (the same digits in the other colours) fit prompts;
+    ``shift`` rotates which other colour each digit gets (1: the gate's control prompts)."""
     others = [c for c in COLOURS if c != colour]
     source = [caption(colour, d, t) for t in FIT_TEMPLATES for d in range(10)]
-    target = [caption(others[(d + t) % len(others)], d, t) for t in FIT_TEMPLATES for d in range(10)]
+    target = [caption(others[(d + t + shift) % len(others)], d, t) for t in FIT_TEMPLATES for d in range(10)]
     return source, target
 
 
@@ -178,6 +184,14 @@ def run(
             kw = _lineas_kwargs(config) if method == "lineas" else {}
             steerers[method] = HookedSteerer(hooked).fit(source, target, method=method, progress=progress, **kw)
             fit_seconds[method] = time.perf_counter() - t0
+        control = fit_prompts(config.colour, shift=1)[1]
+        for method in config.gated:
+            t0 = time.perf_counter()
+            kw = _lineas_kwargs(config) if method == "lineas" else {}
+            steerers[f"{method}+gate"] = HookedSteerer(hooked).fit(
+                source, target, method=method, control=control, gate=True, progress=progress, **kw
+            )
+            fit_seconds[f"{method}+gate"] = time.perf_counter() - t0
         per, seed_ssim, images = _measure(steerers, held, config)
     finally:
         hooked.remove_hook_points()
@@ -186,9 +200,10 @@ def run(
     removal = [np.concatenate([images[(m, "removal")][:6], images[(m, "other")][:4]]) for m in rows]
     heads = [p for p, _ in held.concept[:6]] + [p for p, _ in held.other[:4]]
     atomic_write(out / "removal_grid.png", lambda p: _grid(removal, rows, heads).save(p, format="PNG"))
-    induction = [images[(m, "induction")][:10] for m in rows]
+    rows_inv = [m for m in rows if images[(m, "induction")] is not None]
+    induction = [images[(m, "induction")][:10] for m in rows_inv]
     heads = [p for p, _ in held.other[:10]]
-    atomic_write(out / "induction_grid.png", lambda p: _grid(induction, rows, heads).save(p, format="PNG"))
+    atomic_write(out / "induction_grid.png", lambda p: _grid(induction, rows_inv, heads).save(p, format="PNG"))
     atomic_write(out / "results.csv", lambda p: table.to_csv(p, index=False, float_format="%.4f"))
     text = _report(table, config, command, time.perf_counter() - start, pipe.training_record, held)
     atomic_write(out / "RESULTS.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
@@ -215,7 +230,7 @@ def _measure(
         plain_c, plain_o = gen(anyone, held.concept, seed, strength=0.0), gen(anyone, held.other, seed, strength=0.0)
         runs = {"unsteered": (plain_c, plain_o, plain_o)}
         for method, steerer in steerers.items():
-            inverse = gen(steerer, held.other, seed, inverse=True)
+            inverse = None if method.endswith("+gate") else gen(steerer, held.other, seed, inverse=True)
             runs[method] = (gen(steerer, held.concept, seed), gen(steerer, held.other, seed), inverse)
         if si == 0:
             for method, arrays in runs.items():
@@ -227,7 +242,8 @@ def _measure(
             per[method]["digit_acc_removed"].append((judge.digits(removed) == digits_c).astype(float))
             per[method]["ssim_other"].append(ssim(other, plain_o))
             per[method]["colour_acc_other"].append((judge.colour_shares(other).argmax(1) == own).astype(float))
-            per[method]["share_induced"].append(judge.colour_shares(induced)[:, c])
+            if induced is not None:
+                per[method]["share_induced"].append(judge.colour_shares(induced)[:, c])
     return per, seed_ssim, images
 
 
@@ -241,7 +257,7 @@ def _summarise(
     rows = []
     for method, metrics in per.items():
         row: dict[str, Any] = {"method": method, "fit_seconds": round(fit_seconds.get(method, 0.0), 1)}
-        for key, values in metrics.items():
+        for key, values in filter(lambda kv: kv[1], metrics.items()):
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = _interval(_prompt_major(values), n_seeds)
         rows.append(row)
     if seed_ssim:  # seeds 1.. against seed 0 of the same prompt, unsteered
@@ -308,6 +324,11 @@ def _report(
         f"Evaluation: held-out templates {list(config.templates)}, {len(held.concept)} prompts asking for "
         f"{config.colour}, {len(held.other)} asking for another colour, seeds {list(config.seeds)} (the same for every "
         f"method), {config.num_inference_steps} DDIM steps, strength 1.",
+        *([f"Gated rows (`<method>+gate`): the same fit with `control=` {len(fit_prompts(config.colour, 1)[1])} "
+           "prompts of digits in the other colours (fit templates, another colour per digit than the targets) "
+           "and `gate=True` (LinEAS: maps and gate trained together); one gate per image and site, read at the "
+           "first denoising step. Their inverse map is not measured (the gate opens on prompts asking for the "
+           "colour, which prompts to induce it in do not)."] if config.gated else []),
         "",
         "Mean over prompts [95% bootstrap interval]. `share_removed`: lower is better; `share_induced`, "
         "`ssim_other`, `digit_acc_removed`, `colour_acc_other`: higher is better. `ssim_other` is the "
