@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,8 +22,27 @@ from lineas_tl.gate.state import begin_trajectory
 from lineas_tl.hooks import GenerationPositions, PoolingRecorder
 from lineas_tl.runner import Batch, Hook
 
-if TYPE_CHECKING:
-    from lineas_tl.diffusion.adapter import HookedPipeline
+
+
+class PipelineHost(Protocol):
+    """What the runner reads of a :class:`~lineas_tl.diffusers.HookedPipeline` (a protocol, so the
+    adapter, which builds the runner, and the runner do not import each other)."""
+
+    pipe: Any
+    unet: Any
+    seed: int
+    pool_steps: Any
+    capture_batch_size: int
+
+    def call_kwargs(
+        self,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> dict[str, Any]: ...
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
 
 # One UNet call: (positional args, keyword args), with per-prompt rows marked by ``_Row``.
 Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -156,7 +175,7 @@ class DiffusionRunner:
     has_tokens = False
     """No token pooling mask: a gate counts every spatial position (and generation needs no prompt pass)."""
 
-    def __init__(self, model: HookedPipeline):
+    def __init__(self, model: PipelineHost):
         self.model = model
 
     @property
