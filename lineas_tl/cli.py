@@ -212,8 +212,13 @@ def compare(
     method: Annotated[
         list[str] | None,
         typer.Option(
-            "--method", help="Method to compare (repeatable). Default: lineas, linear_act, mean_act, caa, iti, actadd."
+            "--method",
+            help="Method to compare (repeatable). Default: lineas, linear_act, mean_act, caa, iti, actadd. "
+            "NAME+gate adds the method with a gate (needs --concept or --control).",
         ),
+    ] = None,
+    control: Annotated[
+        Path | None, typer.Option(help="Control prompt file for gated methods (default: the concept's control prompts).")
     ] = None,
     strengths: Annotated[
         list[str] | None,
@@ -228,7 +233,7 @@ def compare(
         typer.Option(
             "--extra-strength",
             "--extra-strengths",
-            help="A strength past 1 (extrapolation) for lineas, linear_act, mean_act and caa (repeatable; "
+            help="A strength past 1 (extrapolation) for lineas, linear_act and mean_act (repeatable; "
             "default 1.5 and 2; 'none' for none).",
         ),
     ] = None,
@@ -250,6 +255,7 @@ def compare(
     src = read_prompts(source) if source is not None else None
     tgt = read_prompts(target) if target is not None else None
     evals = read_prompts(eval_prompts) if eval_prompts is not None else None
+    ctrl = read_prompts(control) if control is not None else None
     scorer, held_out_target = None, None
     if samples < 1 or max_new_tokens < 1:
         raise CLIError("--samples and --max-new-tokens must be at least 1")
@@ -267,6 +273,7 @@ def compare(
         evals = evals if evals is not None else c.eval_prompts
         held_out_target = [p for p in c.target_prompts if p not in set(tgt)] or None
         scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])
+        ctrl = ctrl if ctrl is not None else c.control_prompts(n_fit, seed=seed)
     if src is None or tgt is None:
         raise CLIError("pass --concept NAME, or both --source and --target prompt files")
     methods = split_list(method, "--method") or list(evaluate.DEFAULT_METHODS)
@@ -281,6 +288,7 @@ def compare(
         eval_prompts=evals,
         scorer=scorer,
         method_kwargs=method_kwargs,
+        control=ctrl if any(map(evaluate.is_gated, methods)) else None,
         extra_strengths=_extra_strengths(extra_strengths),
         generation=generation,
         target_eval_prompts=held_out_target,
@@ -320,7 +328,9 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for the fit prompts, fitting and sampling.")] = 0,
     method: Annotated[
-        list[str] | None, typer.Option("--method", help="Methods to compare (repeatable); default all six.")
+        list[str] | None,
+        typer.Option("--method", help="Methods to compare (repeatable); default all six. NAME+gate: gated, "
+                     "with the concept's control prompts (e.g. --method lineas --method lineas+gate)."),
     ] = None,
     time_limit: Annotated[
         float | None,

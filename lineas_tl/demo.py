@@ -26,6 +26,7 @@ from typing import Any
 
 from lineas_tl.evaluate.grid import DEFAULT_METHODS, DEFAULT_STRENGTHS
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig
+from lineas_tl.evaluate.variants import base_method, is_gated
 
 CALIBRATED_TITLE = "At the calibrated strength: the strongest before the first over each budget"
 
@@ -117,6 +118,7 @@ def main(
     # A score the methods should lower: invert a concept we want to induce (style).
     scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - s for s in c.scorer(texts)])
     lineas_kw = {"steps": cfg.steps} if cfg.steps is not None else {}
+    gated = [m for m in methods if is_gated(m)]
     table = compare(
         lm,
         source,
@@ -128,7 +130,8 @@ def main(
         target_eval_prompts=held_out_target or None,
         scorer=scorer,
         reference_texts=reference_text(n=cfg.n_reference, seed=seed, max_words=cfg.reference_words),
-        method_kwargs={"lineas": lineas_kw} if "lineas" in methods else None,
+        method_kwargs={m: lineas_kw for m in methods if base_method(m) == "lineas"},
+        control=c.control_prompts(cfg.n_fit, seed=seed) if gated else None,
         generation=cfg.generation,
         n_in_sample=cfg.n_in_sample,
         max_scored_ppl_increase=cfg.max_scored_ppl_increase,

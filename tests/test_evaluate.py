@@ -21,6 +21,7 @@ from lineas_tl.evaluate import (
     strength_grid,
     toxicity_scorer,
 )
+from lineas_tl.validate import SteeringInputError
 
 
 def vowel_scorer(texts):
@@ -119,6 +120,29 @@ def test_compare_checks_its_inputs(gpt2_model, text_sets) -> None:
         compare(gpt2_model, source, target, methods=["mean_act"], method_kwargs={"lineas": {}}, scorer=vowel_scorer)
     with pytest.raises(ValueError, match="non-negative"):
         compare(gpt2_model, source, target, methods=["mean_act"], strengths=(-1.0,), scorer=vowel_scorer)
+
+
+def test_compare_gated_variants_are_rows_of_their_own(gpt2_model, text_sets) -> None:
+    """"<method>+gate" fits the method with control= and gate=True; its grid is the method's."""
+    source, target = text_sets["source"][:8], text_sets["target"][:8]
+    control = ["the weather today is warm", "a train left the station", "the museum opened at nine",
+               "she read a book in the park", "the river runs to the sea", "we walked along the old road"]  # fmt: skip
+    kw = dict(strengths=(1.0,), extra_strengths=(2.0,), scorer=vowel_scorer, reference_texts=REFERENCE_TEXTS[:3],
+              generation=GenerationConfig.greedy(3), progress=False)  # fmt: skip
+    table = compare(gpt2_model, source, target, methods=["mean_act", "mean_act+gate"], control=control, **kw)
+    rows = table[table["method"] != CEILING]
+    assert sorted(set(zip(rows["method"], rows["strength"]))) == [
+        ("mean_act", 0.0), ("mean_act", 1.0), ("mean_act", 2.0),
+        ("mean_act+gate", 0.0), ("mean_act+gate", 1.0), ("mean_act+gate", 2.0),
+    ]  # fmt: skip
+    assert table.attrs["histories"]["mean_act+gate"]["gate"]["driver"] == "prompt"
+    assert "gate" not in table.attrs["histories"]["mean_act"] and table.attrs["protocol"]["n_control"] == 6
+    steered = rows[rows["strength"] == 1.0].set_index("method")["perplexity"]
+    assert steered["mean_act+gate"] != steered["mean_act"]
+    with pytest.raises(SteeringInputError, match="control"):
+        compare(gpt2_model, source, target, methods=["iti+gate"], **kw)
+    with pytest.raises(ValueError, match="evaluation text"):
+        compare(gpt2_model, source, target, methods=["iti+gate"], control=[REFERENCE_TEXTS[0]], **kw)
 
 
 def test_compare_without_held_out_prompts_warns(gpt2_model, text_sets) -> None:

@@ -34,6 +34,7 @@ from lineas_tl.evaluate.plot import plot_tradeoff
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig, continuations
 from lineas_tl.evaluate.scoring import ConceptScore, Scorer, concept_score, toxicity_scorer
 from lineas_tl.evaluate.sweep import COLUMNS, DEFAULT_METHODS, DEFAULT_STRENGTHS, EXTRA_STRENGTHS, compare
+from lineas_tl.evaluate.variants import GATE_SUFFIX, base_method, is_gated
 
 __all__ = [
     "CEILING",
@@ -43,9 +44,11 @@ __all__ = [
     "DEFAULT_STRENGTHS",
     "DISTRIBUTION_MATCH",
     "EXTRA_STRENGTHS",
+    "GATE_SUFFIX",
     "PAPER",
     "REFERENCE_TEXTS",
     "ConceptScore",
+    "base_method",
     "GenerationConfig",
     "Scorer",
     "bootstrap_ci",
@@ -56,6 +59,7 @@ __all__ = [
     "continuations",
     "format_frontier",
     "frontier_summary",
+    "is_gated",
     "pareto_front",
     "percentile_interval",
     "perplexity",

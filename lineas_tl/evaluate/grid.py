@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lineas_tl.evaluate.variants import base_method
+
 DEFAULT_METHODS: tuple[str, ...] = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 """LinEAS and every baseline, in the order tables and plots list them."""
 DEFAULT_STRENGTHS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
@@ -16,9 +18,9 @@ EXTRA_STRENGTHS: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0)
 
 def strength_grid(method: str, strengths: Sequence[float], extra_strengths: Sequence[float]) -> list[float]:
     """The strengths swept for ``method``: 0, ``strengths``, and ``extra_strengths`` for a
-    :data:`DISTRIBUTION_MATCH` method; sorted, without duplicates."""
+    :data:`DISTRIBUTION_MATCH` method (gated or not); sorted, without duplicates."""
     grid = {0.0, *map(float, strengths)}
-    if method in DISTRIBUTION_MATCH:
+    if base_method(method) in DISTRIBUTION_MATCH:
         grid |= set(map(float, extra_strengths))
     return sorted(grid)
 

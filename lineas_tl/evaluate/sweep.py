@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lineas_tl.evaluate.fitting import check_method_names, fit_methods
 from lineas_tl.evaluate.fluency import continuation_perplexity
 from lineas_tl.evaluate.frontier import CEILING, DEFAULT_BUDGETS, frontier_summary
 from lineas_tl.evaluate.grid import (
@@ -37,7 +37,6 @@ from lineas_tl.evaluate.grid import (
 from lineas_tl.evaluate.perplexity import REFERENCE_TEXTS, perplexity
 from lineas_tl.evaluate.sampling import PAPER, GenerationConfig, continuations
 from lineas_tl.evaluate.scoring import ConceptScore, Scorer, concept_score, toxicity_scorer
-from lineas_tl.methods import METHODS
 from lineas_tl.steerer import HookedSteerer
 from lineas_tl.validate import check_number
 
@@ -56,37 +55,6 @@ COLUMNS = [
 # its interval, and relative to the unsteered model's own continuations (lineas_tl.evaluate.fluency).
 
 
-def fit_methods(
-    model: Any,
-    source: list[str],
-    target: list[str],
-    methods: Sequence[str],
-    method_kwargs: Mapping[str, Mapping[str, Any]],
-    *,
-    sites: Any = None,
-    pooling: str = "mean",
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[dict[str, HookedSteerer], dict[str, float]]:
-    """Fit each method once with one steerer per method on the same sites and pooling.
-
-    Returns the steerers and each fit's wall time in seconds. A method that takes a ``seed`` gets
-    ``seed`` unless ``method_kwargs`` sets it.
-    """
-    steerers: dict[str, HookedSteerer] = {}
-    seconds: dict[str, float] = {}
-    for name in tqdm(methods, desc="fit methods", disable=not progress):
-        hparams = dict(method_kwargs.get(name, {}))
-        if "seed" in inspect.signature(METHODS[name]).parameters:
-            hparams.setdefault("seed", seed)
-        start = time.perf_counter()
-        steerers[name] = HookedSteerer(model, sites, pooling=pooling).fit(  # type: ignore[arg-type]
-            source, target, method=name, progress=progress, **hparams
-        )
-        seconds[name] = time.perf_counter() - start
-    return steerers, seconds
-
-
 def compare(
     model: Any,
     source: Sequence[str],
@@ -100,6 +68,7 @@ def compare(
     scorer: Scorer | None = None,
     reference_texts: Sequence[str] | None = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    control: Sequence[str] | None = None,
     sites: Any = None,
     pooling: str = "mean",
     generation: GenerationConfig = PAPER,
@@ -147,7 +116,8 @@ def compare(
     Args:
         model: a language model with hook points and a tokenizer (``TransformerBridge``).
         source, target: fit prompts (steer away from ``source``, towards ``target``).
-        methods: names in :data:`lineas_tl.methods.METHODS`.
+        methods: names in :data:`lineas_tl.methods.METHODS`, each optionally ``"<method>+gate"``:
+            the method fitted with ``control`` and a gate (:mod:`lineas_tl.evaluate.variants`).
         strengths: the sweep in [0, 1] (0 is always added).
         extra_strengths: strengths past 1, for :data:`DISTRIBUTION_MATCH` methods only.
         eval_prompts: held-out prompts for the out-of-sample columns (None: those columns are NaN).
@@ -155,6 +125,7 @@ def compare(
         scorer: texts -> scores in [0, 1], lower is better (default :func:`toxicity_scorer`).
         reference_texts: perplexity text (default :data:`REFERENCE_TEXTS`).
         method_kwargs: hyper-parameters per method, e.g. ``{"lineas": {"steps": 200}}``.
+        control: neutral prompts for the gated variants (disjoint from ``reference_texts``).
         sites, pooling: the steerer's sites and pooling (see :class:`~lineas_tl.HookedSteerer`).
         generation: how continuations are generated (default: the paper's sampling, :data:`PAPER`).
         n_in_sample: fit prompts continued for the in-sample columns (None: all; 0: none).
@@ -197,6 +168,10 @@ def compare(
     if n_in == 0 and evals is None:
         raise ValueError("nothing to score: n_in_sample=0 and no eval_prompts")
     refs = list(reference_texts) if reference_texts is not None else list(REFERENCE_TEXTS)
+    leaked = set(control or []) & (set(refs) | set(evals or []))
+    if leaked:
+        raise ValueError(f"{len(leaked)} control prompts are evaluation text (e.g. {sorted(leaked)[0]!r}); a gate "
+                         "fitted on them would be trained on the metric. Draw control prompts elsewhere.")  # fmt: skip
     scorer = scorer or toxicity_scorer
     gen_batch = batch_size if generation_batch_size is None else check_number(
         "generation_batch_size", generation_batch_size, integer=True, minimum=1)
@@ -234,7 +209,8 @@ def compare(
 
     # 1. Fit every method once; 2. the unsteered model and the ceiling; 3. the sweep.
     steerers, fit_seconds = fit_methods(
-        model, source, target, methods, hparams_of, sites=sites, pooling=pooling, seed=seed, progress=progress
+        model, source, target, methods, hparams_of, control=control, sites=sites, pooling=pooling, seed=seed,
+        progress=progress,
     )
     base = evaluate(None, 0.0, None)
     start = time.perf_counter()
@@ -252,6 +228,7 @@ def compare(
         "n_eval": len(evals) if evals is not None else 0,
         "n_target_eval": len(target_eval_prompts or []),
         "n_reference": len(refs),
+        "n_control": len(control or []),
         "budgets": list(budgets),
         "max_scored_ppl_increase": max_scored_ppl_increase,
         "seed": seed,
@@ -360,11 +337,7 @@ def _check_compare_args(
 ) -> None:
     if not methods:
         raise ValueError("`methods` is empty")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ValueError("`methods` lists a method twice")
+    check_method_names(methods)
     if not list(strengths):
         raise ValueError("`strengths` is empty")
     if not all(math.isfinite(float(s)) and float(s) >= 0 for s in [*strengths, *extra_strengths]):
