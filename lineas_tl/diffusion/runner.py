@@ -34,15 +34,8 @@ class PipelineHost(Protocol):
     pool_steps: Any
     capture_batch_size: int
 
-    def call_kwargs(
-        self,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> dict[str, Any]: ...
-
-    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+    call_kwargs: Callable[..., dict[str, Any]]
+    hooks: Callable[..., Any]
 
 # One UNet call: (positional args, keyword args), with per-prompt rows marked by ``_Row``.
 Call = tuple[tuple[Any, ...], dict[str, Any]]
