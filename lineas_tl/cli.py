@@ -93,6 +93,12 @@ def fit(
             "sparsity, >= 0; default 0 = off; larger values return more coordinates to the identity).",
         ),
     ] = None,
+    control: Annotated[
+        Path | None, typer.Option(help="Neutral prompts steering should leave alone (LinEAS's control term; the gate's).")
+    ] = None,
+    gate: Annotated[
+        bool, typer.Option(help="Gate each token's steering with a per-site probe of source vs --control prompts.")
+    ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to save the steerer to.")] = Path("steerer"),
     device: DeviceOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -112,13 +118,15 @@ def fit(
     check_hparams(method, hparams)
     lm = load_model(model, device)
     steerer = HookedSteerer(lm, sites or None, pooling=pooling)  # type: ignore[arg-type]
-    steerer.fit(src, tgt, method=method, progress=progress, **hparams)
+    ctrl = read_prompts(control) if control is not None else None
+    steerer.fit(src, tgt, method=method, progress=progress, control=ctrl, gate=gate, **hparams)
     steerer.save(out)
     support = steerer.support()
     mean_support = sum(support.values()) / max(len(support), 1)
     report = describe_fit(steerer.history_)
     tail = f"; {report}" if report else ""
-    typer.echo(f"saved {method} steerer ({len(steerer.maps_)} sites, support {mean_support:.0%}{tail}) to {out}")
+    gated = f"; {steerer.gate_.describe()}" if steerer.gate_ is not None else ""
+    typer.echo(f"saved {method} steerer ({len(steerer.maps_)} sites, support {mean_support:.0%}{tail}{gated}) to {out}")
 
 
 @app.command()

@@ -71,6 +71,23 @@ def test_fit_writes_a_loadable_steerer(saved_steerer, gpt2_dir):
     assert len(steerer.maps_) == 6
 
 
+def test_fit_with_control_and_gate_saves_a_gated_steerer(prompt_files, gpt2_dir, tmp_path):
+    from lineas_tl import HookedSteerer
+    from lineas_tl.models import load
+
+    control = tmp_path / "control.txt"
+    control.write_text("the weather today is warm\na train left the station\nthe museum opened at nine\n"
+                       "she read a book in the park\nthe river runs to the sea\nwe walked along the old road\n")  # fmt: skip
+    out = tmp_path / "gated"
+    common = ("fit", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
+              "--method", "mean_act", "--out", out, "--no-progress")  # fmt: skip
+    assert_one_line_error(invoke(*common, "--gate"), "control")
+    result = invoke(*common, "--control", control, "--gate")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "gate (prompt)" in result.stdout
+    assert HookedSteerer.load(out, load(str(gpt2_dir))).gate_ is not None
+
+
 def test_generate_with_the_fitted_steerer(saved_steerer, gpt2_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("you are a\nhave a lovely\n")
