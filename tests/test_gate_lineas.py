@@ -24,6 +24,11 @@ def test_lineas_trains_maps_and_gate_together(gpt2_model, text_sets):
     start = fit_gate(ctx, plain.sites, gate.options)
     moved = [float((gate.probes[s].weight - start.probes[s].weight).abs().max()) for s in plain.sites]
     assert max(moved) > 0
+    # train_probes=False: the maps train through the two-stage probes, which stay where they were
+    fixed = HookedSteerer(gpt2_model).fit(src, tgt, control=CONTROL, gate={"threshold": 0.0, "train_probes": False}, **kw)
+    assert not fixed.gate_.trained and not fixed.history_["gate"]["trained"]
+    assert all(torch.equal(fixed.gate_.probes[s].weight, start.probes[s].weight) for s in plain.sites)
+    assert any(float((fixed.maps_[s].weight - steerer.maps_[s].weight).abs().max()) > 0 for s in plain.sites)
     assert all(not p.weight.requires_grad for p in gate.probes.values())
     trace = steerer.gates(src[0])
     assert trace.matrix().shape[0] == len(steerer.maps_)

@@ -32,6 +32,9 @@ class GateOptions:
         n_components: principal components the probe reads.
         holdout: share of each prompt set held out to measure the probe's accuracy.
         seed: seeds the held-out split.
+        train_probes: end-to-end LinEAS only: train the probes' weights with the maps (True) or keep
+            the two-stage probes fixed and train the maps through them (False). Other methods
+            always fit their probes in a second stage.
     """
 
     driver: str = DEFAULT_DRIVER
@@ -39,6 +42,7 @@ class GateOptions:
     n_components: int = DEFAULT_COMPONENTS
     holdout: float = DEFAULT_HOLDOUT
     seed: int = 0
+    train_probes: bool = True
 
     def __post_init__(self) -> None:
         if self.driver not in DRIVERS:

@@ -16,7 +16,8 @@ same prompts, so the term is a plain squared distance, in the same units as the 
 Gated (``gate=True``), the source activations are read through the gated maps
 (:math:`z + g\,(T(z) - z)`), and the probes' weights are trained with the maps: the transport term
 pulls the gate open on the source, the control term pushes it shut on the control set. The probes
-start from the two-stage fit (:func:`~lineas_tl.gate.gate.fit_gate`); a site whose held-out
+start from the two-stage fit (:func:`~lineas_tl.gate.gate.fit_gate`; ``gate={"train_probes": False}``
+keeps them there and trains only the maps, through them); a site whose held-out
 accuracy is below the threshold stays off.
 """
 
@@ -41,7 +42,7 @@ class ControlTerm:
         self.weight = float(getattr(ctx, "control_weight", 1.0))
         options = getattr(ctx, "gate_options", None)
         self.gate: Gate | None = fit_gate(ctx, list(maps), options) if options is not None else None
-        if self.gate is not None:
+        if self.gate is not None and options.train_probes:
             for site in self.gate.active_sites:
                 self.gate.probes[site].requires_grad_(True)
             self.gate.trained = True
@@ -53,7 +54,7 @@ class ControlTerm:
 
     @property
     def params(self) -> list[Tensor]:
-        return self.gate.parameters() if self.gate is not None else []
+        return self.gate.parameters() if self.gate is not None and self.gate.trained else []
 
     def _forward(self, prepared: Any, idx: list[int]) -> dict[str, Tensor]:
         ctx = self.ctx

@@ -20,11 +20,32 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 HERE = Path(__file__).parent
 METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
+
+
+def protocol(concept_name: str, quick: bool = False, seed: int = 0) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:
+    """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run."""
+    from lineas_tl.concepts import get_concept, reference_text
+    from lineas_tl.demo import DemoConfig
+    from lineas_tl.evaluate.sampling import GenerationConfig
+
+    c, cfg = get_concept(concept_name), DemoConfig()
+    n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
+    src, tgt = c.split(n_fit, seed=seed)
+    common = dict(
+        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer,
+        reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
+        strengths=(0.5, 1.0) if quick else cfg.strengths,
+        generation=GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation,
+        n_in_sample=0, seed=seed, progress=not quick, extra_strengths=() if quick else cfg.extra_strengths,
+        batch_size=cfg.batch_size, max_scored_ppl_increase=cfg.max_scored_ppl_increase,
+    )
+    return c, src, tgt, c.control_prompts(n_fit, seed=seed), common
 
 
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS) -> None:
@@ -33,34 +54,19 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     import pandas as pd
 
     from lineas_tl import models
-    from lineas_tl.concepts import get_concept, reference_text
-    from lineas_tl.demo import DemoConfig
     from lineas_tl.evaluate import compare, frontier_summary
     from lineas_tl.evaluate.frontier import format_frontier
     from lineas_tl.evaluate.plot import plot_tradeoff
-    from lineas_tl.evaluate.sampling import GenerationConfig
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    c, cfg = get_concept(concept_name), DemoConfig()
-    n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
-    src, tgt = c.split(n_fit, seed=seed)
-    control = c.control_prompts(n_fit, seed=seed)
+    c, src, tgt, control, common = protocol(concept_name, quick, seed)
     methods = ("lineas", "mean_act") if quick else methods
-    strengths = (0.5, 1.0) if quick else cfg.strengths
-    gen = GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation
     kwargs = {"lineas": {"steps": 3, "warn": False}} if quick else {}
-    common = dict(
-        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer,
-        reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
-        strengths=strengths, generation=gen, n_in_sample=0, seed=seed, progress=not quick,
-        extra_strengths=() if quick else cfg.extra_strengths, batch_size=cfg.batch_size,
-        max_scored_ppl_increase=cfg.max_scored_ppl_increase,
-    )
     plain = compare(model, src, tgt, methods, method_kwargs=kwargs, **common)
     gated_kwargs = {m: {**kwargs.get(m, {}), "control": control, "gate": True} for m in methods}
     gated = compare(model, src, tgt, methods, method_kwargs=gated_kwargs, **common)
-    protocol, histories = plain.attrs["protocol"], gated.attrs.get("histories", {})
+    settings, histories = plain.attrs["protocol"], gated.attrs.get("histories", {})
     plain.attrs, gated.attrs = {}, {}  # attrs hold DataFrames, which pandas' concat cannot compare
     gated = gated[gated["method"] != "ceiling"].assign(method=lambda t: t["method"] + "+gate")
     table = pd.concat([plain, gated], ignore_index=True)
@@ -78,7 +84,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     gate_acc = {m: h.get("gate", {}).get("n_active") for m, h in histories.items()}
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
     (out / "protocol.json").write_text(json.dumps({
-        "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": protocol,
+        "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
