@@ -3,7 +3,8 @@
 Every ``import`` counts, wherever it is written: at module level, under ``if TYPE_CHECKING:`` and
 inside functions (a lazy import still ties the two modules together). Importing the package root
 ``lineas_tl`` itself is not an edge (it runs before any submodule anyway); a name taken from it
-(``from lineas_tl import HookedSteerer``) is an edge to the module that defines the name.
+(``from lineas_tl import HookedSteerer``) is an edge to the module that defines the name. A
+submodule taken from a subpackage (``from lineas_tl.concepts import text``) is an edge to both.
 
     python tools/import_cycles.py          # prints the cycles, exits 1 if there is one
 """
@@ -55,8 +56,8 @@ def graph(mods: dict[str, Path] | None = None) -> dict[str, set[str]]:
                 for alias in node.names:
                     if base == "lineas_tl" and alias.name in root_names:
                         targets.append(root_names[alias.name])
-                    elif f"{base}.{alias.name}" in mods:
-                        targets.append(f"{base}.{alias.name}")
+                    elif f"{base}.{alias.name}" in mods:  # a submodule: its package's __init__ runs first
+                        targets += [f"{base}.{alias.name}", base]
                     else:
                         targets.append(base)
             for t in targets:

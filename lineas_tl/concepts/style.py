@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from lineas_tl.concepts import text
+from lineas_tl.concepts.text import news_sentences, prefix, review_sentences, shakespeare_sentences, wiki_sentences
 from lineas_tl.concepts.base import Concept, atomic_joblib_dump, cache_root
 
 _VERSION = 3  # bump when the training data or model changes: invalidates cached classifiers
@@ -33,8 +33,8 @@ _SEED = 0
 def _prompt_sentences() -> tuple[list[str], list[str], list[str]]:
     """Sentences the prompts come from: (source pool, eval, target pool), all disjoint."""
     rng = random.Random(_SEED)
-    news = [s for s in text.news_sentences() if len(s.split()) >= 12]
-    shak = [s for s in text.shakespeare_sentences() if len(s.split()) >= 12]
+    news = [s for s in news_sentences() if len(s.split()) >= 12]
+    shak = [s for s in shakespeare_sentences() if len(s.split()) >= 12]
     news_pick = rng.sample(news, _N_FIT_POOL + _N_EVAL)
     return news_pick[:_N_FIT_POOL], news_pick[_N_FIT_POOL:], rng.sample(shak, _N_FIT_POOL)
 
@@ -44,9 +44,9 @@ def _prompts() -> tuple[list[str], list[str], list[str]]:
     source_s, eval_s, target_s = _prompt_sentences()
     rng = random.Random(_SEED)
     return (
-        [text.prefix(s, rng) for s in source_s],
-        [text.prefix(s, rng) for s in target_s],
-        [text.prefix(s, rng) for s in eval_s],
+        [prefix(s, rng) for s in source_s],
+        [prefix(s, rng) for s in target_s],
+        [prefix(s, rng) for s in eval_s],
     )
 
 
@@ -60,10 +60,10 @@ def _training_groups() -> dict[str, list[str]]:
         return rng.sample(pool, min(n, len(pool))) if n is not None else pool
 
     return {
-        "shakespeare": pick(text.shakespeare_sentences(), _N_SHAKESPEARE),
-        "news": pick(text.news_sentences()),
-        "wiki": pick(text.wiki_sentences(), _N_WIKI),
-        "reviews": pick(text.review_sentences()),
+        "shakespeare": pick(shakespeare_sentences(), _N_SHAKESPEARE),
+        "news": pick(news_sentences()),
+        "wiki": pick(wiki_sentences(), _N_WIKI),
+        "reviews": pick(review_sentences()),
     }
 
 
