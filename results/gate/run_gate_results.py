@@ -1,13 +1,13 @@
 """Issue 19's results: every method with and without its gate, per concept, on SmolLM2.
 
-For each concept, runs :func:`lineas_tl.evaluate.compare` twice on the same fit prompts, held-out
-prompts, reference text and sampling seeds: once plain, once with ``control=`` and ``gate=True``
-(the gated rows are renamed ``<method>+gate``), then writes the merged table, the frontier summary
-(reference-text perplexity budgets +5/+10/+25%, with the continuations' perplexity under the
-unsteered model) and the plot under ``results/gate/<concept>/``.
+For each concept, runs :func:`lineas_tl.evaluate.compare` once with every method and its gated
+variant (``<method>+gate``: the method fitted with ``control=`` and ``gate=True``) on the same fit
+prompts, held-out prompts, reference text and sampling seeds, then writes the table, the
+frontier summary (reference-text perplexity budgets +5/+10/+25%, with the continuations' perplexity under the
+unsteered model) and the plot under ``results/gate/full/<concept>/``.
 
     python results/gate/run_gate_results.py --quick            # minutes on 2 CPU cores: plumbing only
-    python results/gate/run_gate_results.py --concepts toxicity --threads 1   # ~30 min per concept, 1 CPU thread
+    python results/gate/run_gate_results.py --concepts toxicity --threads 1   # 90-100 min per concept on 1 loaded CPU thread
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -37,8 +37,9 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0) -> tuple[Any
     c, cfg = get_concept(concept_name), DemoConfig()
     n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
     src, tgt = c.split(n_fit, seed=seed)
+    scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])  # as the demo
     common = dict(
-        eval_prompts=c.eval_prompts[:n_eval], scorer=c.scorer,
+        eval_prompts=c.eval_prompts[:n_eval], scorer=scorer,
         reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
         strengths=(0.5, 1.0) if quick else cfg.strengths,
         generation=GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation,
@@ -51,37 +52,27 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0) -> tuple[Any
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS) -> None:
     import time
 
-    import pandas as pd
-
     from lineas_tl import models
-    from lineas_tl.evaluate import compare, frontier_summary
+    from lineas_tl.evaluate import GATE_SUFFIX, base_method, compare, frontier_summary
     from lineas_tl.evaluate.frontier import format_frontier
     from lineas_tl.evaluate.plot import plot_tradeoff
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    c, src, tgt, control, common = protocol(concept_name, quick, seed)
+    _, src, tgt, control, common = protocol(concept_name, quick, seed)
     methods = ("lineas", "mean_act") if quick else methods
-    kwargs = {"lineas": {"steps": 3, "warn": False}} if quick else {}
-    plain = compare(model, src, tgt, methods, method_kwargs=kwargs, **common)
-    gated_kwargs = {m: {**kwargs.get(m, {}), "control": control, "gate": True} for m in methods}
-    gated = compare(model, src, tgt, methods, method_kwargs=gated_kwargs, **common)
-    settings, histories = plain.attrs["protocol"], gated.attrs.get("histories", {})
-    plain.attrs, gated.attrs = {}, {}  # attrs hold DataFrames, which pandas' concat cannot compare
-    gated = gated[gated["method"] != "ceiling"].assign(method=lambda t: t["method"] + "+gate")
-    table = pd.concat([plain, gated], ignore_index=True)
+    names = [*methods, *(f"{m}{GATE_SUFFIX}" for m in methods)]
+    kwargs = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
+    table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, **common)
+    settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
     out.mkdir(parents=True, exist_ok=True)
     column = "score_out"
-    if c.goal == "increase":  # the frontier minimises: style's P(Shakespeare) is flipped
-        for col in (column, f"{column}_lo", f"{column}_hi"):
-            table[col] = 1 - table[col]
-        table[[f"{column}_lo", f"{column}_hi"]] = table[[f"{column}_hi", f"{column}_lo"]].to_numpy()
     summary = frontier_summary(table, (0.05, 0.10, 0.25), column)
     table.to_csv(out / "comparison.csv", index=False)
     summary.to_csv(out / "frontier.csv", index=False)
     plot_tradeoff(table, out / "tradeoff.png", title=f"{concept_name}: with and without the gate")
-    gate_acc = {m: h.get("gate", {}).get("n_active") for m, h in histories.items()}
+    gate_acc = {m: h["gate"]["n_active"] for m, h in histories.items() if "gate" in h}
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
