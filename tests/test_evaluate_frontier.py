@@ -61,6 +61,24 @@ def test_calibrated_selection_reads_the_strongest_strength_before_the_budget_is_
         frontier_summary(table, select="median")
 
 
+def test_cont_budget_also_bounds_the_continuations_perplexity() -> None:
+    table = toy_table()
+    # a's strength 1 (the +10% pick) makes its continuations 15% less likely; strength 0.5 only 4%
+    table["cont_ppl_increase"] = [0.0, 0.04, 0.15, 0.9, 0.0, 0.10, 0.2, 0.0, math.nan, math.nan]
+    both = frontier_summary(table, budgets=(0.10, 0.25), cont_budget=0.10).set_index(["method", "budget"])
+    assert both.loc[("a", 0.10), ["strength", "score", "cont_ppl_increase"]].tolist() == [0.5, 0.30, 0.04]
+    assert both.loc[("b", 0.25), "strength"] == 0.5  # exactly at +10%: admissible
+    cal = frontier_summary(table, budgets=(0.25,), select="calibrated", cont_budget=0.05).set_index(["method", "budget"])
+    assert cal.loc[("a", 0.25), "strength"] == 0.5  # strength 1 is over the continuations' budget: the walk stops
+    assert cal.loc[("b", 0.25), "strength"] == 0.0
+    # without cont_budget the table is read as before
+    assert frontier_summary(table, budgets=(0.10,)).set_index("method").loc["a", "strength"] == 1.0
+    with pytest.raises(ValueError, match="cont_budget must be"):
+        frontier_summary(table, cont_budget=-1)
+    with pytest.raises(ValueError, match="cont_ppl_increase column"):
+        frontier_summary(toy_table(), cont_budget=0.1)
+
+
 def test_frontier_summary_checks_its_input() -> None:
     with pytest.raises(ValueError, match="no column"):
         frontier_summary(toy_table(), column="score_in")

@@ -30,6 +30,12 @@ def test_lineas_trains_maps_and_gate_together(gpt2_model, text_sets):
     assert all(torch.equal(fixed.gate_.probes[s].weight, start.probes[s].weight) for s in plain.sites)
     assert any(float((fixed.maps_[s].weight - steerer.maps_[s].weight).abs().max()) > 0 for s in plain.sites)
     assert all(not p.weight.requires_grad for p in gate.probes.values())
+    # end_to_end=False: two stages, as for the baselines: the ungated maps, then the two-stage probes
+    two = HookedSteerer(gpt2_model).fit(src, tgt, control=CONTROL, gate={"threshold": 0.0, "end_to_end": False}, **kw)
+    ungated = HookedSteerer(gpt2_model).fit(src, tgt, **kw)
+    assert not two.gate_.trained and "control_loss" not in two.history_
+    assert all(torch.equal(two.maps_[s].weight, ungated.maps_[s].weight) for s in plain.sites)
+    assert all(torch.equal(two.gate_.probes[s].weight, start.probes[s].weight) for s in plain.sites)
     trace = steerer.gates(src[0])
     assert trace.matrix().shape[0] == len(steerer.maps_)
 

@@ -13,6 +13,11 @@ the strength chosen by perplexity alone, as :meth:`~lineas_tl.HookedSteerer.cali
 the sweep's grid: the strongest strength before the first one over the budget. Its score is not
 selected on its own noise.
 
+Reference-text perplexity cannot see what steering does to the steered continuations themselves.
+``cont_budget`` adds a second budget on ``cont_ppl_increase`` (the held-out continuations'
+perplexity under the unsteered model, relative to the unsteered model's own continuations; see
+:mod:`lineas_tl.evaluate.fluency`): a row is admissible only within both.
+
 Example:
     >>> summary = frontier_summary(table, budgets=(0.05, 0.10, 0.25))
     >>> print(format_frontier(summary))
@@ -42,7 +47,11 @@ def unsteered_perplexity(table: Any) -> float:
 
 
 def frontier_summary(
-    table: Any, budgets: Sequence[float] = DEFAULT_BUDGETS, column: str = "score_out", select: str = "best"
+    table: Any,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    column: str = "score_out",
+    select: str = "best",
+    cont_budget: float | None = None,
 ) -> Any:
     """Per method and budget, the best ``column`` score within the perplexity budget.
 
@@ -54,6 +63,8 @@ def frontier_summary(
         select: ``"best"``: the admissible row with the lowest score; ``"calibrated"``: going up
             the strengths from 0, the last row before the first over the budget (by perplexity
             alone; a row over the budget, or not scored, ends the walk).
+        cont_budget: if given (e.g. ``0.10``), a row is admissible only when its
+            ``cont_ppl_increase`` is at most this too (``"calibrated"``: a row over it ends the walk).
 
     Returns:
         a pandas ``DataFrame``, one row per (method, budget): ``method``, ``budget``,
@@ -70,16 +81,25 @@ def frontier_summary(
         raise ValueError(f"the table has no column {column!r}")
     if select not in SELECTIONS:
         raise ValueError(f"unknown select {select!r}; choose one of {SELECTIONS}")
+    if cont_budget is not None:
+        if not (cont_budget >= 0 and math.isfinite(cont_budget)):
+            raise ValueError(f"cont_budget must be a non-negative number, got {cont_budget!r}")
+        if "cont_ppl_increase" not in table:
+            raise ValueError("cont_budget needs the table's cont_ppl_increase column: run compare with continuation perplexity")
+    within_cont = (table["strength"] == 0) | (table["cont_ppl_increase"] <= cont_budget + _REL_TOL) if cont_budget is not None else None
     base = unsteered_perplexity(table)
     rows = []
     for method, group in table[table["method"] != CEILING].groupby("method", sort=False):
         scored = group[group[column].notna() & group["perplexity"].notna()]
         for budget in budgets:
             limit = (1 + budget) * base
+            admissible = group["perplexity"] <= limit * (1 + _REL_TOL)
+            if within_cont is not None:
+                admissible &= within_cont[group.index]
             if select == "calibrated":
-                ok = _before_first_over(group, limit * (1 + _REL_TOL), column)
+                ok = _before_first_over(group, admissible, column)
             else:
-                ok = scored[scored["perplexity"] <= limit * (1 + _REL_TOL)]
+                ok = scored[admissible[scored.index]]
             row: dict[str, Any] = {"method": method, "budget": float(budget), "max_perplexity": limit}
             if ok.empty:
                 row.update(strength=math.nan, score=math.nan, score_lo=math.nan, score_hi=math.nan,
@@ -103,10 +123,10 @@ def frontier_summary(
     return pd.DataFrame(rows, columns=columns)
 
 
-def _before_first_over(group: Any, limit: float, column: str) -> Any:
-    """The rows of one method, by strength, up to (not including) the first over ``limit`` or unscored."""
+def _before_first_over(group: Any, admissible: Any, column: str) -> Any:
+    """The rows of one method, by strength, up to (not including) the first not ``admissible`` or unscored."""
     rows = group.sort_values("strength", kind="stable")
-    over = ~((rows["perplexity"] <= limit) & rows[column].notna()).to_numpy()
+    over = ~(admissible[rows.index] & rows[column].notna()).to_numpy()
     stop = int(over.argmax()) if over.any() else len(rows)
     return rows.iloc[:stop]
 

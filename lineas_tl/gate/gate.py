@@ -35,6 +35,9 @@ class GateOptions:
         train_probes: end-to-end LinEAS only: train the probes' weights with the maps (True) or keep
             the two-stage probes fixed and train the maps through them (False). Other methods
             always fit their probes in a second stage.
+        end_to_end: LinEAS only: train the maps with the gate and the control term in the loop
+            (True), or fit them as without a gate and the probes after them, in two stages as for
+            the baselines (False; ``train_probes`` is then moot).
     """
 
     driver: str = DEFAULT_DRIVER
@@ -43,6 +46,7 @@ class GateOptions:
     holdout: float = DEFAULT_HOLDOUT
     seed: int = 0
     train_probes: bool = True
+    end_to_end: bool = True
 
     def __post_init__(self) -> None:
         if self.driver not in DRIVERS:

@@ -17,8 +17,9 @@ Gated (``gate=True``), the source activations are read through the gated maps
 (:math:`z + g\,(T(z) - z)`), and the probes' weights are trained with the maps: the transport term
 pulls the gate open on the source, the control term pushes it shut on the control set. The probes
 start from the two-stage fit (:func:`~lineas_tl.gate.gate.fit_gate`; ``gate={"train_probes": False}``
-keeps them there and trains only the maps, through them); a site whose held-out
-accuracy is below the threshold stays off.
+keeps them there and trains only the maps, through them; ``gate={"end_to_end": False}`` fits the
+maps without the control term and the probes after them, as for the baselines); a site whose
+held-out accuracy is below the threshold stays off.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class ControlTerm:
 
 
 def control_term(ctx: Any, maps: dict[str, AffineMap], batch_size: int, seed: int = 0) -> ControlTerm | None:
-    """The control term of a LinEAS fit, or None when ``ctx`` has no control prompts."""
-    if getattr(ctx, "control", None) is None:
+    """The control term of a LinEAS fit, or None when ``ctx`` has no control prompts or its gate
+    is fitted in two stages (``gate={"end_to_end": False}``: the maps see no control prompts)."""
+    options = getattr(ctx, "gate_options", None)
+    if getattr(ctx, "control", None) is None or (options is not None and not options.end_to_end):
         return None
     return ControlTerm(ctx, maps, batch_size, seed)

@@ -8,6 +8,10 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
 
     python results/gate/run_gate_results.py --quick            # minutes on 2 CPU cores: plumbing only
     python results/gate/run_gate_results.py --concepts toxicity --threads 1   # 90-100 min per concept on 1 loaded CPU thread
+    python results/gate/run_gate_results.py --concepts toxicity --gated-only --methods linear_act mean_act caa iti actadd \
+        --strengths 1.5 2 3 4 --out results/gate/extended --threads 1        # the gated baselines past the main grid
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --two-stage \
+        --out results/gate/two_stage --threads 1                              # gated LinEAS in two stages
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -28,8 +32,10 @@ HERE = Path(__file__).parent
 METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 
 
-def protocol(concept_name: str, quick: bool = False, seed: int = 0) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:
-    """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run."""
+def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: tuple[float, ...] | None = None
+             ) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
+    """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run
+    (``strengths``: sweep these and 0 only, for every method, instead of the main job's grid)."""
     from lineas_tl.concepts import get_concept, reference_text
     from lineas_tl.demo import DemoConfig
     from lineas_tl.evaluate.sampling import GenerationConfig
@@ -41,15 +47,16 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0) -> tuple[Any
     common = dict(
         eval_prompts=c.eval_prompts[:n_eval], scorer=scorer,
         reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
-        strengths=(0.5, 1.0) if quick else cfg.strengths,
+        strengths=strengths or ((0.5, 1.0) if quick else cfg.strengths),
         generation=GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation,
-        n_in_sample=0, seed=seed, progress=not quick, extra_strengths=() if quick else cfg.extra_strengths,
+        n_in_sample=0, seed=seed, progress=not quick, extra_strengths=() if quick or strengths else cfg.extra_strengths,
         batch_size=cfg.batch_size, max_scored_ppl_increase=cfg.max_scored_ppl_increase,
     )
     return c, src, tgt, c.control_prompts(n_fit, seed=seed), common
 
 
-def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS) -> None:
+def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
+        gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -59,10 +66,12 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    _, src, tgt, control, common = protocol(concept_name, quick, seed)
+    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths)
     methods = ("lineas", "mean_act") if quick else methods
-    names = [*methods, *(f"{m}{GATE_SUFFIX}" for m in methods)]
-    kwargs = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
+    names = [*([] if gated_only else methods), *(f"{m}{GATE_SUFFIX}" for m in methods)]
+    kwargs: dict[str, dict[str, Any]] = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
+    if two_stage:  # gated LinEAS as the baselines: ungated maps, then the probes
+        kwargs.setdefault(f"lineas{GATE_SUFFIX}", {})["gate"] = {"end_to_end": False}
     table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
@@ -76,7 +85,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
-        "gate_active_sites": gate_acc}, indent=1, default=str))
+        "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -88,11 +97,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--gated-only", action="store_true", help="only the gated variants")
+    ap.add_argument("--strengths", nargs="+", type=float, help="sweep only these (and 0), e.g. past the main grid")
+    ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
-        run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods))
+        run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
+            strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ operating points next to the frontier view, and held-out W2 per site.
 
     python results/paper_claims/run.py --out results/paper_claims            # full: hours on CPU
     python results/paper_claims/run.py --out /tmp/paper_claims --quick       # a few minutes on CPU
+    python results/paper_claims/run.py --out results/paper_claims/toxicity --cpu   # about 2 h on 2 CPU cores
 
 Protocol (every number in the outputs comes from here):
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from claims_report import plots, report, summarise
 
 PAPER_STRENGTH = {"lineas": 1.0, "linear_act": 1.0, "caa": 1.0, "iti": 0.5}
 COLLAPSED = 1e-3  # share of coordinates kept below which the support has collapsed
@@ -73,6 +75,13 @@ class Config:
                    n_eval=6, n_reference=4, reference_words=30, max_new_tokens=12, n_samples=1, greedy=True,
                    calibration_grid=2, bisect_steps=1, lineas={"steps": 8})  # fmt: skip
 
+    @classmethod
+    def cpu(cls) -> Config:
+        """What fits in about two hours on 2 CPU cores: N up to 32, 48 prompts x 2 samples, 16 + 16
+        reference paragraphs, a coarser calibration (resolution 1/16), three gammas."""
+        return cls(ns=(4, 8, 16, 32), gammas=(0.0, 1.0, 10.0), n_eval=48, n_samples=2, n_reference=16,
+                   calibration_grid=4, bisect_steps=2)  # fmt: skip
+
 
 class Bench:
     """The model, the prompt splits and the measurements shared by every experiment."""
@@ -107,6 +116,7 @@ class Bench:
         self.w2_sites: list[str] = []
         self._w2_base: dict[str, float] = {}
         self._target_acts: dict[str, Any] = {}
+        self._fits: dict[tuple[Any, ...], Any] = {}
 
     def split(self, n: int, seed: int) -> tuple[list[str], list[str]] | None:
         """N source and N target prompts from the fit pools (None when a pool is too small)."""
@@ -115,13 +125,21 @@ class Bench:
         rng = random.Random(seed)
         return rng.sample(self.fit_pool[0], n), rng.sample(self.fit_pool[1], n)
 
-    def fit(self, method: str, data: tuple[list[str], list[str]], seed: int, **extra: Any) -> Any:
+    def fit(self, method: str, n: int, seed: int, **extra: Any) -> Any:
+        """``method`` fitted on :meth:`split` (n, seed); kept, so another part of the run reuses it."""
         from lineas_tl import HookedSteerer
 
-        kw: dict[str, Any] = {"seed": seed} if method in ("lineas", "iti") else {}
-        if method == "lineas":
-            kw.update(self.cfg.lineas, warn=False, **extra)
-        return HookedSteerer(self.model, sites=self.cfg.sites).fit(*data, method=method, progress=False, **kw)
+        key = (method, n, seed, tuple(sorted(extra.items())))
+        if key not in self._fits:
+            data = self.split(n, seed)
+            assert data is not None, f"N={n} exceeds the fit pools"
+            kw: dict[str, Any] = {"seed": seed} if method in ("lineas", "iti") else {}
+            if method == "lineas":
+                kw.update(self.cfg.lineas, warn=False, **extra)
+            self._fits[key] = HookedSteerer(self.model, sites=self.cfg.sites).fit(*data, method=method, progress=False, **kw)
+            if method == "lineas" and not self.w2_sites:
+                self.w2_sites = list(self._fits[key].sites)
+        return self._fits[key]
 
     def calibrated(self, steerer: Any) -> float:
         steerer.calibrate(self.calibration_texts, self.cfg.budget, grid=self.cfg.calibration_grid,
@@ -163,158 +181,111 @@ def support(steerer: Any) -> tuple[float, float]:
     return kept / total, sites / len(steerer.maps_)
 
 
-def data_efficiency(bench: Bench, log: Any) -> list[dict[str, Any]]:
-    rows = []
+class Rows:
+    """Every measured row, appended to ``rows.jsonl`` as it is made: an interrupted run resumes where
+    it stopped, and several processes (different ``--parts``, ``--seeds`` or ``--gammas``) can share
+    one output folder. A row already there is not measured again."""
+
+    def __init__(self, out: Path, cfg: Config):
+        self.path = out / "rows.jsonl"
+        protocol = {k: v for k, v in asdict(cfg).items() if k not in ("ns", "seeds", "gammas")}
+        saved = out / "protocol.json"
+        if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(protocol, default=float)):
+            raise SystemExit(f"{out} holds rows measured with another protocol ({saved}); pass another --out")
+        saved.write_text(json.dumps(protocol, indent=1, default=float))
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["id"]] = row
+
+    def get(self, part: str, **key: Any) -> dict[str, Any] | None:
+        return self.rows.get(f"{part}:{json.dumps(key, sort_keys=True)}")
+
+    def add(self, part: str, row: dict[str, Any], **key: Any) -> dict[str, Any]:
+        row = {"id": f"{part}:{json.dumps(key, sort_keys=True)}", "part": part, **key, **row}
+        self.rows[row["id"]] = row
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        return row
+
+    def part(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows.values() if r["part"] == name]
+
+
+def data_efficiency(bench: Bench, rows: Rows, log: Any) -> None:
     for n in bench.cfg.ns:
+        if bench.split(n, 0) is None:
+            log(f"N={n}: skipped, the fit pools hold {min(len(p) for p in bench.fit_pool)} prompts")
+            continue
         for seed in bench.cfg.seeds:
-            data = bench.split(n, seed)
-            if data is None:
-                log(f"N={n}: skipped, the fit pools hold {min(len(p) for p in bench.fit_pool)} prompts")
-                break
             for method in bench.cfg.methods:
+                if rows.get("data_efficiency", n=n, seed=seed, method=method):
+                    continue
                 start = time.perf_counter()
-                steerer = bench.fit(method, data, seed)
-                if method == "lineas" and not bench.w2_sites:
-                    bench.w2_sites = list(steerer.sites)
+                steerer = bench.fit(method, n, seed)
                 lam = bench.calibrated(steerer)
                 per_site = bench.w2(steerer)
-                row = {"n": n, "seed": seed, "method": method, **bench.measure(steerer, lam),
-                       "w2_ratio": float(np.mean(list(per_site.values()))), "w2_per_site": per_site,
-                       "seconds": time.perf_counter() - start}  # fmt: skip
-                rows.append(row)
+                row = rows.add("data_efficiency", {**bench.measure(steerer, lam), "w2_ratio": float(np.mean(list(per_site.values()))),
+                               "w2_per_site": per_site, "seconds": time.perf_counter() - start}, n=n, seed=seed, method=method)  # fmt: skip
                 log(f"N={n} seed={seed} {method}: strength {lam:.3g} score {row['score']:.3f} ppl x{row['ppl_ratio']:.3f} W2 {row['w2_ratio']:.3f}")
-    return rows
 
 
-def sparsity(bench: Bench, log: Any) -> list[dict[str, Any]]:
-    rows = []
-    data = bench.split(bench.cfg.sparsity_n, 0)
-    assert data is not None, "sparsity_n exceeds the fit pools"
+def sparsity(bench: Bench, rows: Rows, log: Any) -> None:
     for gamma in sorted(bench.cfg.gammas):
-        steerer = bench.fit("lineas", data, 0, gamma=gamma)
-        coords, sites = support(steerer)
-        lam = bench.calibrated(steerer)
-        at_cal, at_one = bench.measure(steerer, lam), bench.measure(steerer, 1.0)
-        rows.append({"gamma": gamma, "coords_kept": coords, "sites_kept": sites, **at_cal,
-                     "score_at_1": at_one["score"], "ppl_ratio_at_1": at_one["ppl_ratio"]})  # fmt: skip
-        log(f"gamma={gamma:g}: {100 * coords:.2f}% coordinates, {100 * sites:.0f}% sites; calibrated {lam:.3g} "
-            f"score {at_cal['score']:.3f} ppl x{at_cal['ppl_ratio']:.3f}; at 1: {at_one['score']:.3f} x{at_one['ppl_ratio']:.3f}")
-        if coords < COLLAPSED:
+        if (row := rows.get("sparsity", gamma=gamma)) is None:
+            start = time.perf_counter()
+            steerer = bench.fit("lineas", bench.cfg.sparsity_n, 0, **({"gamma": gamma} if gamma else {}))
+            coords, sites = support(steerer)
+            lam = bench.calibrated(steerer)
+            at_cal, at_one = bench.measure(steerer, lam), bench.measure(steerer, 1.0)
+            row = rows.add("sparsity", {"coords_kept": coords, "sites_kept": sites, **at_cal, "score_at_1": at_one["score"],
+                           "ppl_ratio_at_1": at_one["ppl_ratio"], "seconds": time.perf_counter() - start}, gamma=gamma)  # fmt: skip
+            log(f"gamma={gamma:g}: {100 * coords:.2f}% coordinates, {100 * sites:.0f}% sites; calibrated {lam:.3g} score "
+                f"{row['score']:.3f} ppl x{row['ppl_ratio']:.3f}; at 1: {row['score_at_1']:.3f} x{row['ppl_ratio_at_1']:.3f}")
+        if row["coords_kept"] < COLLAPSED:
             break
-    return rows
 
 
-def operating_points(bench: Bench, log: Any) -> list[dict[str, Any]]:
-    rows = []
-    data = bench.split(bench.cfg.table_n, 0)
-    assert data is not None, "table_n exceeds the fit pools"
+def operating_points(bench: Bench, rows: Rows, log: Any) -> None:
     for method, paper_strength in PAPER_STRENGTH.items():
-        steerer = bench.fit(method, data, 0)
+        if rows.get("operating_points", method=method, view="paper"):
+            continue
+        steerer = bench.fit(method, bench.cfg.table_n, 0)
         lam = bench.calibrated(steerer)
-        for view, strength in (("paper", paper_strength), ("calibrated", lam)):
-            rows.append({"method": method, "view": view, **bench.measure(steerer, strength)})
-            log(f"{method} {view}: strength {strength:.3g} score {rows[-1]['score']:.3f} ppl x{rows[-1]['ppl_ratio']:.3f}")
-    return rows
+        for view, strength in (("calibrated", lam), ("paper", paper_strength)):
+            row = rows.add("operating_points", bench.measure(steerer, strength), method=method, view=view)
+            log(f"{method} {view}: strength {strength:.3g} score {row['score']:.3f} ppl x{row['ppl_ratio']:.3f}")
 
 
-def summarise(rows: list[dict[str, Any]]) -> Any:
-    """Per (method, N): mean over seeds of the score, perplexity and W2 ratios, with a 95% interval
-    over seeds (``*_lo``/``*_hi``) and, for the score, the per-fit interval over prompts averaged
-    over seeds (``score_prompts_lo``/``score_prompts_hi``)."""
-    import pandas as pd
-
-    from lineas_tl.evaluate.bootstrap import bootstrap_ci
-
-    out = []
-    for (method, n), g in pd.DataFrame(rows).groupby(["method", "n"], sort=False):
-        entry: dict[str, Any] = {"method": method, "n": n, "seeds": len(g)}
-        for col in ("score", "ppl_ratio", "w2_ratio", "strength"):
-            lo, hi = bootstrap_ci(g[col].to_numpy()) if len(g) > 1 else (math.nan, math.nan)
-            entry.update({col: g[col].mean(), f"{col}_lo": lo, f"{col}_hi": hi})
-        # the interval over prompts of each fit, averaged over seeds (the only one with a single seed)
-        entry.update(score_prompts_lo=g["score_lo"].mean(), score_prompts_hi=g["score_hi"].mean())
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-def plots(out: Path, summary: Any, sparse: list[dict[str, Any]], table: list[dict[str, Any]], base: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for method, g in summary.groupby("method", sort=False):
-        for ax, col in zip(axes, ("score", "ppl_ratio", "w2_ratio")):
-            err = np.nan_to_num(np.abs(np.stack([g[col] - g[f"{col}_lo"], g[f"{col}_hi"] - g[col]])))
-            ax.errorbar(g["n"], g[col], yerr=err, marker="o", capsize=3, label=method)
-    axes[0].axhline(base, color="grey", ls=":", label="unsteered")
-    ns = sorted(summary["n"].unique())
-    for ax, title in zip(axes, ("score at the calibrated strength", "perplexity / unsteered", "held-out W2 steered / unsteered")):
-        ax.set_xscale("log", base=2)
-        ax.set(xticks=ns, xticklabels=[str(n) for n in ns], xlabel="N prompts per set", title=title)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "data_efficiency.png", dpi=120)
-    if sparse:
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-        g = [max(r["gamma"], 1e-5) for r in sparse]
-        a.plot(g, [100 * r["coords_kept"] for r in sparse], "o-", label="% coordinates")
-        a.plot(g, [100 * r["sites_kept"] for r in sparse], "s-", label="% sites")
-        b.plot(g, [r["score"] for r in sparse], "o-", label="score, calibrated")
-        b.plot(g, [r["score_at_1"] for r in sparse], "s-", label="score, strength 1")
-        for ax, title in ((a, "support"), (b, "concept score")):
-            ax.set(xscale="log", xlabel="gamma (0 drawn at 1e-5)", title=title)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "sparsity.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for view, marker in (("paper", "o"), ("calibrated", "^")):
-        pts = [r for r in table if r["view"] == view]
-        ax.scatter([r["ppl_ratio"] for r in pts], [r["score"] for r in pts], marker=marker, label=view)
-        for r in pts:
-            ax.annotate(r["method"], (r["ppl_ratio"], r["score"]), fontsize=8)
-    ax.set(xlabel="perplexity / unsteered", ylabel="score (lower: less of the concept)", title="operating points")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "operating_points.png", dpi=120)
-
-
-def report(out: Path, cfg: Config, bench: Bench, summary: Any, sparse: list[dict[str, Any]], table: list[dict[str, Any]],
-           command: str, seconds: float) -> None:  # fmt: skip
-    import pandas as pd
-
-    lines = [
-        f"# Paper claims on {cfg.model}, concept {cfg.concept}", "",
-        f"Command: `{command}` ({seconds / 60:.1f} min). Unsteered: score {bench.base_score['score']:.3f} "
-        f"[{bench.base_score['score_lo']:.3f}, {bench.base_score['score_hi']:.3f}], perplexity {bench.base_ppl:.2f}. "
-        f"Budget +{100 * cfg.budget:.0f}%; generation: {bench.gen.describe()}; LinEAS: {cfg.lineas or 'the default fit'}, "
-        f"sites {cfg.sites or 'default'}.", "",
-        "## Data efficiency (calibrated strength; 95% intervals over seeds, and over prompts)", "",
-        summary.round(4).to_markdown(index=False), "",
-        "## Sparsity", "", pd.DataFrame(sparse).round(4).to_markdown(index=False), "",
-        "## Operating points: the paper's strengths next to the calibrated ones", "",
-        pd.DataFrame(table).round(4).to_markdown(index=False), "",
-    ]  # fmt: skip
-    (out / "report.md").write_text("\n".join(lines))
+PARTS = {"data_efficiency": data_efficiency, "sparsity": sparsity, "operating_points": operating_points}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/paper_claims"))
     parser.add_argument("--quick", action="store_true", help="a few minutes on CPU: tiny N, one seed, short fits")
+    parser.add_argument("--cpu", action="store_true", help="the scope of about two hours on 2 CPU cores (Config.cpu)")
     parser.add_argument("--concept", default=None)
     parser.add_argument("--preset", default=None, help="LinEAS preset (default: the library's)")
     parser.add_argument("--sites", default=None, help="site preset for every method, e.g. 'paper'")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--parts", nargs="*", choices=list(PARTS), default=list(PARTS),
+                        help="what to measure (default: all; none: only write the report from rows.jsonl)")  # fmt: skip
+    parser.add_argument("--ns", nargs="+", type=int, help="N prompts per set for data efficiency")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds for data efficiency")
+    parser.add_argument("--gammas", nargs="+", type=float, help="sparsity strengths")
+    parser.add_argument("--n-eval", type=int, help="held-out prompts scored (default 80)")
+    parser.add_argument("--samples", type=int, help="sampled continuations per prompt (default 3)")
     args = parser.parse_args(argv)
-    cfg = Config.quick() if args.quick else Config()
-    if args.concept:
-        cfg = replace(cfg, concept=args.concept)
+    cfg = Config.quick() if args.quick else Config.cpu() if args.cpu else Config()
+    overrides = {"concept": args.concept, "sites": args.sites, "n_eval": args.n_eval, "n_samples": args.samples,
+                 "ns": args.ns and tuple(args.ns), "seeds": args.seeds and tuple(args.seeds),
+                 "gammas": args.gammas and tuple(args.gammas)}  # fmt: skip
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.preset:
         cfg = replace(cfg, lineas={**cfg.lineas, "preset": args.preset})
-    if args.sites:
-        cfg = replace(cfg, sites=args.sites)
     import torch
 
     if args.threads:
@@ -325,21 +296,30 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f}s] {msg}", flush=True)
 
+    rows = Rows(args.out, cfg)
+    command = "python results/paper_claims/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with (args.out / "commands.txt").open("a") as f:
+        f.write(command + "\n")
     bench = Bench(cfg)
     log(f"unsteered: score {bench.base_score['score']:.3f}, perplexity {bench.base_ppl:.2f}")
-    rows = data_efficiency(bench, log)
-    summary = summarise(rows)
-    sparse = sparsity(bench, log)
-    table = operating_points(bench, log)
-    seconds = time.perf_counter() - started
-    command = "python results/paper_claims/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    payload = {"config": asdict(cfg), "command": command, "seconds": seconds, "unsteered": bench.base_score,
-               "base_perplexity": bench.base_ppl, "data_efficiency": rows, "sparsity": sparse, "operating_points": table}  # fmt: skip
+    for part in args.parts:
+        PARTS[part](bench, rows, log)
+    order = {m: i for i, m in enumerate(cfg.methods)}
+    de = sorted(rows.part("data_efficiency"), key=lambda r: (order.get(r["method"], 99), r["n"], r["seed"]))
+    sparse = sorted(rows.part("sparsity"), key=lambda r: r["gamma"])
+    table = sorted(rows.part("operating_points"), key=lambda r: (list(PAPER_STRENGTH).index(r["method"]), r["view"]))
+    summary = summarise(de) if de else None
+    payload = {"config": asdict(cfg), "commands": (args.out / "commands.txt").read_text().splitlines(),
+               "unsteered": bench.base_score, "base_perplexity": bench.base_ppl, "data_efficiency": de,
+               "sparsity": sparse, "operating_points": table}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(payload, indent=1, default=float))
-    summary.to_csv(args.out / "data_efficiency.csv", index=False)
-    plots(args.out, summary, sparse, table, bench.base_score["score"])
-    report(args.out, cfg, bench, summary, sparse, table, command, seconds)
-    log(f"done: {args.out}/report.md")
+    if summary is not None and sparse and table:
+        summary.to_csv(args.out / "data_efficiency.csv", index=False)
+        plots(args.out, summary, sparse, table, bench.base_score["score"])
+        report(args.out, cfg, bench, summary, sparse, table, payload["commands"])
+        log(f"done: {args.out}/report.md")
+    else:
+        log(f"rows so far in {rows.path}; the report needs every part")
 
 
 if __name__ == "__main__":
