@@ -86,7 +86,9 @@ def frontier_summary(
             raise ValueError(f"cont_budget must be a non-negative number, got {cont_budget!r}")
         if "cont_ppl_increase" not in table:
             raise ValueError("cont_budget needs the table's cont_ppl_increase column: run compare with continuation perplexity")
-    within_cont = (table["strength"] == 0) | (table["cont_ppl_increase"] <= cont_budget + _REL_TOL) if cont_budget is not None else None
+    within_cont = None  # rows within the continuations' budget (the unsteered row always is)
+    if cont_budget is not None:
+        within_cont = (table["strength"] == 0) | (table["cont_ppl_increase"] <= cont_budget + _REL_TOL)
     base = unsteered_perplexity(table)
     rows = []
     for method, group in table[table["method"] != CEILING].groupby("method", sort=False):
