@@ -194,6 +194,10 @@ class Rows:
             raise SystemExit(f"{out} holds rows measured with another protocol ({saved}); pass another --out")
         saved.write_text(json.dumps(protocol, indent=1, default=float))
         self.rows: dict[str, dict[str, Any]] = {}
+        self.load()
+
+    def load(self) -> None:
+        """Read the rows on disk, those other processes appended since included."""
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 if line.strip():
@@ -304,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"unsteered: score {bench.base_score['score']:.3f}, perplexity {bench.base_ppl:.2f}")
     for part in args.parts:
         PARTS[part](bench, rows, log)
+    rows.load()  # the report covers every process's rows, not only this one's
     order = {m: i for i, m in enumerate(cfg.methods)}
     de = sorted(rows.part("data_efficiency"), key=lambda r: (order.get(r["method"], 99), r["n"], r["seed"]))
     sparse = sorted(rows.part("sparsity"), key=lambda r: r["gamma"])

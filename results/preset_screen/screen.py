@@ -49,9 +49,10 @@ def main() -> None:
         out_dir=args.out, seed=args.seed, progress=False,
     )
     column = table.attrs["frontier_column"]
+    sites_flag = f" --sites {args.sites}" if args.sites else ""
     lines = [
         f"# LinEAS at sites={args.sites!r}, preset={args.preset!r} ({args.concept}, seed {args.seed})",
-        f"Command: `python results/preset_screen/screen.py --sites {args.sites} --preset {args.preset}"
+        f"Command: `python results/preset_screen/screen.py{sites_flag} --preset {args.preset}"
         f" --concept {args.concept} --seed {args.seed} --out {args.out}`"
         f" ({time.perf_counter() - started:.0f} s, {args.threads} thread(s)).",
         "", "Best held-out score within each perplexity budget:", "",
