@@ -13,6 +13,7 @@ perplexity text stay the same, so seeds share one yardstick) and `seeds.py` pool
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -49,12 +50,16 @@ def main() -> None:
         out_dir=args.out, seed=args.seed, progress=False,
     )
     column = table.attrs["frontier_column"]
+    history = table.attrs["histories"]["lineas"]
+    (args.out / "history.json").write_text(json.dumps(history, indent=1, default=str))
+    converged = history.get("converged")
     sites_flag = f" --sites {args.sites}" if args.sites else ""
     lines = [
         f"# LinEAS at sites={args.sites!r}, preset={args.preset!r} ({args.concept}, seed {args.seed})",
         f"Command: `python results/preset_screen/screen.py{sites_flag} --preset {args.preset}"
         f" --concept {args.concept} --seed {args.seed} --out {args.out}`"
         f" ({time.perf_counter() - started:.0f} s, {args.threads} thread(s)).",
+        "", f"Fit: {len(history.get('loss', []))} steps, converged: {converged} (loss curve in `history.json`).",
         "", "Best held-out score within each perplexity budget:", "",
         format_frontier(table.attrs["frontier"]).to_markdown(index=False), "",
         "Calibrated view:", "",
