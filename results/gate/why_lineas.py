@@ -22,7 +22,8 @@ methods differ only in their maps:
 
 Scores: 12 held-out prompts x 2 sampled continuations (the gate run's; ``--n-eval`` for more), 95%
 bootstrap intervals over prompts. Writes ``why_lineas/<concept>[-<n-eval>]/why.md`` and
-``why.json``; the fitted steerers are saved beside them (``steerers/``) and reused by later runs.
+``why.json``; the fitted steerers are saved beside them (``steerers/``, not committed) and reused
+by later runs.
 
     python results/gate/why_lineas.py --concept sentiment --threads 1
     python results/gate/why_lineas.py --concept sentiment --threads 1 --n-eval 48   # the same fits, 48 prompts
