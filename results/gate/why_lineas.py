@@ -83,15 +83,16 @@ def main() -> None:
     n_words = max(len(p.split()) for p in prompts)
     neutral = [" ".join(t.split()[:n_words]) for t in common["reference_texts"]]
 
-    def score(steerer: Any, strength: Any) -> dict[str, float]:
-        texts = continuations(model, prompts, steerer, strength, config=gen, seed=0, batch_size=common["batch_size"])
+    def summary(texts: list[str]) -> dict[str, float]:
         s = concept_score(texts, scorer, per_prompt=gen.n_samples)
         return {"score": s.mean, "lo": s.mean_ci[0], "hi": s.mean_ci[1]}
 
+    def score(steerer: Any, strength: Any) -> dict[str, float]:
+        return summary(continuations(model, prompts, steerer, strength, config=gen, seed=0, batch_size=common["batch_size"]))
+
     def shared(steerer: Any, gate: list[float], scale: float) -> dict[str, float]:
-        texts = [t for p, g in zip(prompts, gate) for t in continuations(model, [p], steerer, scale * g, config=gen, seed=0)]
-        s = concept_score(texts, scorer, per_prompt=gen.n_samples)
-        return {"score": s.mean, "lo": s.mean_ci[0], "hi": s.mean_ci[1]}
+        """Each prompt alone, at one strength for every site: ``scale`` times its gate."""
+        return summary([t for p, g in zip(prompts, gate) for t in continuations(model, [p], steerer, scale * g, config=gen, seed=0)])
 
     result: dict[str, Any] = {"unsteered": score(None, 0.0)}
     for method, name in zip(METHODS, names):
