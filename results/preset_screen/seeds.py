@@ -26,7 +26,6 @@ from lineas_tl.evaluate.frontier import frontier_summary
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent
 BUDGETS = (0.05, 0.10, 0.25)
-Z = 1.959964
 
 
 def runs(candidate: str, concept: str) -> dict[int, Path]:
@@ -53,15 +52,20 @@ def seed_frontier(path: Path) -> pd.DataFrame:
     return summary.set_index("budget")
 
 
-def pooled(values: list[float], los: list[float], his: list[float]) -> dict[str, float]:
-    """Mean over seeds, its interval over prompts (combined bootstrap errors) and over seeds (t)."""
+def half_width(f: pd.DataFrame, budget: float) -> float:
+    """Half the 95% interval over prompts of one seed's cell."""
+    return (f.loc[budget, "score_hi"] - f.loc[budget, "score_lo"]) / 2
+
+
+def pooled(values: list[float], halves: list[float]) -> dict[str, float]:
+    """Mean over seeds; its interval over prompts (the seeds' half-widths combined as independent
+    normal errors) and over seeds (Student t on the seeds' spread, from two seeds on)."""
     k = len(values)
     mean = sum(values) / k
-    se_prompts = math.sqrt(sum(((h - lo) / (2 * Z)) ** 2 for lo, h in zip(los, his))) / k
-    out = {"mean": mean, "prompts_lo": mean - Z * se_prompts, "prompts_hi": mean + Z * se_prompts}
+    over_prompts = math.sqrt(sum(h**2 for h in halves)) / k
+    out = {"mean": mean, "prompts_lo": mean - over_prompts, "prompts_hi": mean + over_prompts}
     if k > 1:
-        sd = float(pd.Series(values).std(ddof=1))
-        half = stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+        half = stats.t.ppf(0.975, k - 1) * float(pd.Series(values).std(ddof=1)) / math.sqrt(k)
         out.update(seeds_lo=mean - half, seeds_hi=mean + half)
     return out
 
@@ -85,8 +89,7 @@ def report(concept: str, candidates: tuple[str, str] = ("default", "paper_at_ln2
     lines += ["", "Mean over seeds (95% intervals over prompts; over seeds, Student t):", "",
               "| candidate | seeds | " + " | ".join(f"≤ +{b:.0%}" for b in BUDGETS) + " |", "|---|---|" + "---|" * len(BUDGETS)]
     for c, by_seed in fronts.items():
-        cells = [_fmt(pooled(*(list(col) for col in zip(*[(f.loc[b, "score"], f.loc[b, "score_lo"], f.loc[b, "score_hi"])
-                                                           for f in by_seed.values()]))))
+        cells = [_fmt(pooled([f.loc[b, "score"] for f in by_seed.values()], [half_width(f, b) for f in by_seed.values()]))
                  for b in BUDGETS]
         lines.append(f"| {c} | {', '.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
     shared = sorted(set.intersection(*(set(v) for v in fronts.values())))
@@ -95,9 +98,8 @@ def report(concept: str, candidates: tuple[str, str] = ("default", "paper_at_ln2
         cells = []
         for b in BUDGETS:
             diffs = [fronts[a][s].loc[b, "score"] - fronts[b_][s].loc[b, "score"] for s in shared]
-            half_widths = [math.hypot(*((fronts[c][s].loc[b, "score_hi"] - fronts[c][s].loc[b, "score_lo"]) / 2 for c in candidates))
-                           for s in shared]
-            cells.append(_fmt(pooled(diffs, [d - h for d, h in zip(diffs, half_widths)], [d + h for d, h in zip(diffs, half_widths)])))
+            halves = [math.hypot(half_width(fronts[a][s], b), half_width(fronts[b_][s], b)) for s in shared]
+            cells.append(_fmt(pooled(diffs, halves)))
         lines += ["", f"Paired difference {a} − {b_} on seeds {', '.join(map(str, shared))} (negative: {a} lower):", "",
                   "| " + " | ".join(f"≤ +{b:.0%}" for b in BUDGETS) + " |", "|" + "---|" * len(BUDGETS),
                   "| " + " | ".join(cells) + " |"]
