@@ -99,6 +99,11 @@ def fit(
     gate: Annotated[
         bool, typer.Option(help="Gate each token's steering with a per-site probe of source vs --control prompts.")
     ] = False,
+    gate_option: Annotated[
+        list[str] | None,
+        typer.Option("--gate-option", help="A gate option KEY=VALUE (repeatable; implies --gate), e.g. "
+                     "--gate-option shared=true --gate-option hard=true: one 0/1 gate per prompt for every site."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to save the steerer to.")] = Path("steerer"),
     device: DeviceOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -119,7 +124,8 @@ def fit(
     lm = load_model(model, device)
     steerer = HookedSteerer(lm, sites or None, pooling=pooling)  # type: ignore[arg-type]
     ctrl = read_prompts(control) if control is not None else None
-    steerer.fit(src, tgt, method=method, progress=progress, control=ctrl, gate=gate, **hparams)
+    gate_options = parse_params(gate_option, "--gate-option")
+    steerer.fit(src, tgt, method=method, progress=progress, control=ctrl, gate=gate_options or gate, **hparams)
     steerer.save(out)
     support = steerer.support()
     mean_support = sum(support.values()) / max(len(support), 1)

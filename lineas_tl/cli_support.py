@@ -155,12 +155,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_params(params: list[str] | None) -> dict[str, Any]:
+def parse_params(params: list[str] | None, flag: str = "--param") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in params or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CLIError(f"--param expects KEY=VALUE, got {item!r}")
+            raise CLIError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
 

@@ -53,13 +53,17 @@ if TYPE_CHECKING:
     from lineas_tl.protocols import SteererLike as HookedSteerer
 
 FORMAT = "lineas-tl steerer"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """1: the first releases. 2: adds ``chat_pool``, ``model.name`` (what :func:`lineas_tl.models.load`
 was given, the CLI's default ``--model`` for this steerer) and ``hparams_given``; ``hparams`` holds
 every hyper-parameter the method used, defaults included (format 1: only those the user passed).
 Format 1 steerers load unchanged (``chat_pool="user"``, the only behaviour then).
 3: adds the gate (``"gate"`` in the JSON, ``gate.*`` tensors; see :mod:`lineas_tl.gate.store`);
-formats 1 and 2 load with ``gate_ = None``."""
+formats 1 and 2 load with ``gate_ = None``.
+4: the gate's options add ``shared`` and ``hard`` (:mod:`lineas_tl.gate.shared`), and the model's
+weights fingerprint is read without a float reduction (``weights_scheme`` 2). Earlier weights
+fingerprints summed each tensor, which changes with the thread count and device, so they are not
+compared on load (the architecture fingerprint still is)."""
 MAPS_FILE = "maps.safetensors"
 META_FILE = "steerer.json"
 
@@ -287,7 +291,7 @@ def load_steerer(
                 "lineas_tl.io.load_steerer(HookedSteerer, path, model, strict=False) to load anyway."
             )
         warnings.warn(msg, UserWarning, stacklevel=3)
-    elif fp_saved.get("weights") not in (None, fp_now["weights"]):
+    elif fp_saved.get("weights_scheme") == fp_now.get("weights_scheme") and fp_saved.get("weights") != fp_now["weights"]:
         warnings.warn(
             f"the steerer at {root} was fitted on a model with the same architecture but other "
             f"weights (saved weights fingerprint {fp_saved.get('weights')}, this model "

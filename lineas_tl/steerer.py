@@ -14,9 +14,12 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+from jaxtyping import Float
+from torch import Tensor
+
 from lineas_tl.calibrate import Calibration, calibrate, resolve_strength
 from lineas_tl.chat import CHAT_POOLS, ChatPool, as_conversations
-from lineas_tl.gate import Gate, GateOptions, fit_gate, generation_pool_mask, prepare_control
+from lineas_tl.gate import Gate, GateOptions, fit_gate, gate_inputs, generation_batch, prepare_control
 from lineas_tl.hooks import POSITIONS, GenerationPositions, Positions, SteeringHook
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods import METHODS, FitContext
@@ -144,7 +147,8 @@ class HookedSteerer:
             gate: ``True`` (or a dict / :class:`~lineas_tl.gate.GateOptions`) fits a per-site probe,
                 source vs ``control``, whose probability scales each token's steering (DSAS; see
                 :mod:`lineas_tl.gate`). LinEAS trains it with its maps; other methods get it after
-                fitting. Stored as ``gate_`` (None without), accuracy in ``history_["gate"]``.
+                fitting. ``gate={"shared": True, "hard": True}``: one 0/1 gate per prompt for every
+                site. Stored as ``gate_`` (None without), accuracy in ``history_["gate"]``.
             **hparams: the method's hyper-parameters (e.g. ``steps``, ``lr``, ``gamma``, ``seed``).
 
         Returns:
@@ -201,6 +205,7 @@ class HookedSteerer:
         inverse: bool = False,
         positions: Positions = "all",
         tracker: GenerationPositions | None = None,
+        prompt_gate: Tensor | None = None,
     ) -> HookList:
         """Context manager, like TransformerLens's ``model.hooks()``: the maps are attached inside
         ``with steerer.hooks(0.5):`` and removed on exit, even on error. Arguments as :meth:`fwd_hooks`.
@@ -208,7 +213,7 @@ class HookedSteerer:
         Reading the result as a list of ``(site, hook)`` pairs still works for one release, with a
         ``DeprecationWarning``: use :meth:`fwd_hooks` for the list.
         """
-        pairs = self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker)
+        pairs = self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker, prompt_gate=prompt_gate)
         return HookList(pairs, self.model)
 
     def fwd_hooks(
@@ -219,6 +224,7 @@ class HookedSteerer:
         positions: Positions = "all",
         tracker: GenerationPositions | None = None,
         pool_mask: Any = None,
+        prompt_gate: Tensor | None = None,
     ) -> list[Hook]:
         """The ``(site, hook)`` pairs that apply the fitted maps, for ``model.hooks(fwd_hooks=...)``
         or ``model.run_with_hooks(tokens, fwd_hooks=...)``.
@@ -227,7 +233,8 @@ class HookedSteerer:
         steered), or ``"calibrated"`` (:attr:`calibrated_strength_`, see :meth:`calibrate`).
         ``inverse=True`` applies :math:`T^{-1}` (induce instead of remove). A gated steerer's hooks
         scale each token's steering by its gate (``pool_mask``: the tokens the gate counts, see
-        :class:`~lineas_tl.gate.GateState`).
+        :class:`~lineas_tl.gate.GateState`); a shared gate needs ``prompt_gate``, its ``[batch]``
+        values from :meth:`prompt_gate`.
         """
         self._check_fitted()
         strength = resolve_strength(self, strength, inverse)
@@ -239,7 +246,7 @@ class HookedSteerer:
             for site, m in self.maps_.items()
         ]
         gate = getattr(self, "gate_", None)
-        return pairs if gate is None else gate.wrap(pairs, tracker, pool_mask)
+        return pairs if gate is None else gate.wrap(pairs, tracker, pool_mask, shared=prompt_gate)
 
     def _strengths(self, strength: Strength) -> dict[str, float]:
         if not isinstance(strength, Mapping):
@@ -252,7 +259,12 @@ class HookedSteerer:
 
     @contextlib.contextmanager
     def steer(
-        self, strength: Strength = 1.0, *, inverse: bool = False, positions: Positions = "all"
+        self,
+        strength: Strength = 1.0,
+        *,
+        inverse: bool = False,
+        positions: Positions = "all",
+        prompt_gate: Tensor | None = None,
     ) -> Iterator[HookedSteerer]:
         """Context manager: the maps are active inside, removed on exit (even on error). The same as
         :meth:`hooks`, except that it yields the steerer (``hooks`` yields the model, as TransformerLens does).
@@ -260,7 +272,8 @@ class HookedSteerer:
         Several steerers compose (``with a.steer(0.5), b.steer(1.0):``); at a shared site, maps apply
         in the order the contexts were entered.
         """
-        with self.model.hooks(fwd_hooks=self.fwd_hooks(strength, inverse=inverse, positions=positions)):
+        pairs = self.fwd_hooks(strength, inverse=inverse, positions=positions, prompt_gate=prompt_gate)
+        with self.model.hooks(fwd_hooks=pairs):
             yield self
 
     def generate(
@@ -293,11 +306,13 @@ class HookedSteerer:
         """
         self._check_fitted()
 
-        gated = getattr(self, "gate_", None) is not None
-        mask = generation_pool_mask(self.runner, prompt, kwargs.get("chat", False), kwargs.get("attention_mask")) if gated else None
+        batch = None
+        if getattr(self, "gate_", None) is not None:
+            batch = generation_batch(self.runner, prompt, kwargs.get("chat", False), kwargs.get("attention_mask"))
+        gating = gate_inputs(self, batch)
 
         def make_hooks(tracker: GenerationPositions | None) -> list[Hook]:
-            return self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker, pool_mask=mask)
+            return self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker, **gating)
 
         return self.runner.generate(prompt, make_hooks, **kwargs)
 
@@ -323,6 +338,16 @@ class HookedSteerer:
 
         self._check_fitted()
         return gates(self, text, strength, inverse=inverse)
+
+    def prompt_gate(self, prompt: Any, *, chat: bool = False) -> Float[Tensor, " batch"]:
+        """A shared gate's value for each prompt of ``prompt`` (as :meth:`generate` takes it, left-padded
+        into one batch): pass it as ``fwd_hooks(..., prompt_gate=...)`` (or to ``steer``/``hooks``)
+        for a forward pass of your own over the same batch. See :mod:`lineas_tl.gate.shared`."""
+        self._check_fitted()
+        gate = getattr(self, "gate_", None)
+        if gate is None or not gate.options.shared:
+            raise ValueError("prompt_gate is for a shared gate: fit with gate={'shared': True}")
+        return gate_inputs(self, generation_batch(self.runner, prompt, chat))["prompt_gate"]
 
     def support(self) -> dict[str, float]:
         """Share of coordinates each site's map moves (``|omega-1|`` or ``|b|`` above 1e-5)."""

@@ -86,6 +86,10 @@ def test_fit_with_control_and_gate_saves_a_gated_steerer(prompt_files, gpt2_dir,
     assert result.exit_code == 0, result.output + result.stderr
     assert "gate (prompt)" in result.stdout
     assert HookedSteerer.load(out, load(str(gpt2_dir))).gate_ is not None
+    result = invoke(*common, "--control", control, "--gate-option", "shared=true", "--gate-option", "hard=true")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "shared hard gate (prompt vote)" in result.stdout
+    assert_one_line_error(invoke(*common, "--control", control, "--gate-option", "shared"), "--gate-option expects KEY=VALUE")
 
 
 def test_generate_with_the_fitted_steerer(saved_steerer, gpt2_dir, tmp_path):

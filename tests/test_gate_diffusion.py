@@ -133,3 +133,11 @@ def test_end_to_end_lineas_with_a_gate_on_a_unet(fitted):
     assert steerer.gate_.trained and len(steerer.history_["control_loss"]) == 3
     assert np.isfinite(steerer.history_["loss"]).all()
     assert steerer.generate(HELD_SOURCE[0], seed=0, output_type="np").shape == (16, 16, 3)
+
+
+def test_a_shared_gate_is_refused_on_a_pipeline(fitted):
+    from lineas_tl.validate import SteeringInputError
+
+    _, hooked, _ = fitted
+    with pytest.raises(SteeringInputError, match="shared gate"):
+        HookedSteerer(hooked).fit(SOURCE[:4], TARGET[:4], method="mean_act", control=CONTROL[:4], gate={"shared": True}, progress=False)

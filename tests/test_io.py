@@ -103,7 +103,7 @@ def test_metadata_records_method_sites_version_and_fingerprint(native_model, tmp
         "kind": "affine",
         "dtype": "float32",
     }
-    assert set(meta["model"]["fingerprint"]) == {"architecture", "weights"}
+    assert set(meta["model"]["fingerprint"]) == {"architecture", "weights", "weights_scheme"}
     assert meta["lineas_tl_version"]
     assert lio.read_metadata(tmp_path / "s")["method"] == "linear_act"
 
@@ -364,3 +364,18 @@ def test_save_killed_mid_way_leaves_no_steerer_at_the_path(tmp_path):
         HookedSteerer.load(tmp_path / "s", model)
     with pytest.raises(SteererFormatError):
         HookedSteerer.load(leftovers[0], model)
+
+
+def test_an_old_weights_fingerprint_is_not_compared(native_model, tmp_path):
+    """Format-3 weights fingerprints summed floats (thread-dependent): loading one never warns about weights."""
+    sets = _token_sets()
+    steerer = HookedSteerer(native_model).fit(sets["source"], sets["target"], method="linear_act", progress=False)
+    steerer.save(tmp_path / "s")
+    meta_file = tmp_path / "s" / "steerer.json"
+    meta = json.loads(meta_file.read_text())
+    meta["format_version"] = 3
+    meta["model"]["fingerprint"] = {"architecture": meta["model"]["fingerprint"]["architecture"], "weights": "0123456789abcdef"}
+    meta_file.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HookedSteerer.load(tmp_path / "s", native_model)

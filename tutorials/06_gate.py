@@ -80,6 +80,23 @@ fig.savefig("gate_tokens.png", dpi=120)
 print("wrote gate_tokens.png")
 
 # %% [markdown]
+# ## One gate for every site: `shared` and `hard`
+# LinEAS fits its maps together, each for what the maps upstream of it produce, so a part of them
+# is not a smaller version of the whole: a per-site gate that opens each site to its own probe's
+# value can leave it with little effect. `gate={"shared": True, "hard": True}` decides once per
+# prompt instead: the active probes vote on the unsteered prompt (one extra forward pass over it),
+# and every site is steered fully (gate 1) or not at all (gate 0). Both are fitted in two stages,
+# the maps as without a gate and the probes after them. `prompt_gate` reads the decision.
+
+# %%
+shared = HookedSteerer(model).fit(
+    source, target, control=control, gate={"shared": True, "hard": True}, progress=not QUICK, **fit_args
+)
+print(shared)
+print("prompt gates (toxic, neutral):", shared.prompt_gate([toxic, neutral]).tolist())
+print(shared.generate([toxic, neutral], 1.0, max_new_tokens=6 if QUICK else 24, return_type="continuation"))
+
+# %% [markdown]
 # ## Generate, save, serve
 # Generation is exact with and without the KV cache and with left padding, as for an ungated
 # steerer. The gate saves with the steerer. A gate depends on the input, so `fold()` and `export()`

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from lineas_tl.gate.gate import gate_inputs
 from lineas_tl.methods.base import frozen
 from lineas_tl.runner import TokenSequences, get_runner
 
@@ -96,14 +97,15 @@ def perplexity(
     limit = max_length if max_length is not None else getattr(getattr(model, "cfg", None), "n_ctx", None)
     if isinstance(prepared, TokenSequences) and isinstance(limit, int) and limit > 0:
         prepared.sequences = [s[:limit] for s in prepared.sequences]
-    hooks = steerer.fwd_hooks(strength) if steerer is not None else []
+    gated = getattr(steerer, "gate_", None) is not None
+    hooks = steerer.fwd_hooks(strength) if steerer is not None and not gated else []
     total, count = 0.0, 0
     starts = range(0, len(prepared), batch_size)
     with evaluating(model):
         for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             batch = prepared.batch(range(start, min(start + batch_size, len(prepared))), padding_side="right")
-            if getattr(steerer, "gate_", None) is not None:  # a gate counts each row's real tokens only
-                hooks = steerer.fwd_hooks(strength, pool_mask=batch.mask)  # type: ignore[union-attr]
+            if gated:  # a gate counts each row's real tokens only; a shared one reads each row first
+                hooks = steerer.fwd_hooks(strength, **gate_inputs(steerer, batch))  # type: ignore[union-attr]
             logits = runner.forward(batch, hooks)
             tokens, mask = batch.kwargs["input"], batch.kwargs["attention_mask"]
             assert mask is not None  # a language model's batch always has one

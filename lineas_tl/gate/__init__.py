@@ -13,8 +13,10 @@ and the map becomes
 
 where the driver :math:`x_t` is the token's activation, a causal running mean, or the prompt's mean
 frozen once read (:mod:`~lineas_tl.gate.state`; exact with and without the KV cache and with left
-padding). A gate depends on the input, so a gated steerer cannot be folded into weights or
-exported: ``fold``/``export`` refuse it unless asked for the ungated maps (``ungated=True``).
+padding). ``gate={"shared": True, "hard": True}`` gates every site together instead, once per
+prompt (:mod:`~lineas_tl.gate.shared`): what LinEAS's jointly fitted maps need. A gate depends on
+the input, so a gated steerer cannot be folded into weights or exported: ``fold``/``export``
+refuse it unless asked for the ungated maps (``ungated=True``).
 
 Example:
     >>> src, tgt = concept.split(32)
@@ -29,10 +31,12 @@ from lineas_tl.gate.gate import (
     Gate,
     GateOptions,
     fit_gate,
-    generation_pool_mask,
+    gate_inputs,
+    generation_batch,
     prepare_control,
 )
 from lineas_tl.gate.probe import SiteProbe, fit_probe
+from lineas_tl.gate.shared import read_shared_gate
 from lineas_tl.gate.state import DRIVERS, GatedSteeringHook, GateState
 
 __all__ = [
@@ -45,6 +49,8 @@ __all__ = [
     "SiteProbe",
     "fit_gate",
     "fit_probe",
-    "generation_pool_mask",
+    "gate_inputs",
+    "generation_batch",
+    "read_shared_gate",
     "prepare_control",
 ]

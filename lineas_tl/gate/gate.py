@@ -37,7 +37,14 @@ class GateOptions:
             always fit their probes in a second stage.
         end_to_end: LinEAS only: train the maps with the gate and the control term in the loop
             (True), or fit them as without a gate and the probes after them, in two stages as for
-            the baselines (False; ``train_probes`` is then moot).
+            the baselines (False; ``train_probes`` is then moot). Default: True, except with
+            ``shared`` or ``hard``, which are fitted in two stages (a hard gate has no gradient,
+            and a shared one is read in a pass of its own).
+        shared: one gate per prompt for every site, the active probes' vote on the unsteered
+            prompt, instead of one per site (:mod:`lineas_tl.gate.shared`). Every map is then
+            steered, whether its own probe is active or not. Language models only.
+        hard: the gate is 0 or 1 (the probe's probability, or the shared vote, at least 1/2)
+            instead of the probability itself.
     """
 
     driver: str = DEFAULT_DRIVER
@@ -46,9 +53,20 @@ class GateOptions:
     holdout: float = DEFAULT_HOLDOUT
     seed: int = 0
     train_probes: bool = True
-    end_to_end: bool = True
+    end_to_end: bool | None = None
+    shared: bool = False
+    hard: bool = False
 
     def __post_init__(self) -> None:
+        if self.shared and self.driver != "prompt":
+            raise SteeringInputError(f"a shared gate is read from the whole prompt; drop driver={self.driver!r}")
+        if self.end_to_end is None:
+            self.end_to_end = not (self.shared or self.hard)
+        elif self.end_to_end and (self.shared or self.hard):
+            raise SteeringInputError(
+                "a shared or hard gate is fitted in two stages (maps, then probes): a hard gate has no "
+                "gradient and a shared one is read in a pass of its own; drop end_to_end=True"
+            )
         if self.driver not in DRIVERS:
             raise SteeringInputError(f"unknown gate driver {self.driver!r}; choose one of {DRIVERS}")
         if not 0.0 <= check_number("gate threshold", self.threshold) <= 1.0:
@@ -118,7 +136,9 @@ class Gate:
         """One line for a fit summary, e.g. ``"gate (prompt): 41/60 sites, accuracy 0.62-1.00"``."""
         acc = [a for a in self.accuracy.values() if a == a]
         span = f", held-out accuracy {min(acc):.2f}-{max(acc):.2f}" if acc else ""
-        return f"gate ({self.driver}): {len(self.active_sites)}/{len(self.probes)} sites active{span}"
+        kind = ("shared " if self.options.shared else "") + ("hard " if self.options.hard else "")
+        driver = "prompt vote" if self.options.shared else self.driver
+        return f"{kind}gate ({driver}): {len(self.active_sites)}/{len(self.probes)} sites active{span}"
 
     def wrap(
         self,
@@ -126,12 +146,22 @@ class Gate:
         tracker: Any = None,
         pool_mask: Tensor | None = None,
         record: dict[str, Tensor] | None = None,
+        shared: Tensor | None = None,
     ) -> list[tuple[str, Any]]:
         """Gate steering hooks: each ``(site, SteeringHook)`` becomes a :class:`GatedSteeringHook`.
 
-        All hooks share one :class:`GateState` (one per generation or forward pass).
+        All hooks share one :class:`GateState` (one per generation or forward pass). A shared gate
+        needs ``shared``, the ``[batch]`` values :func:`~lineas_tl.gate.shared.read_shared_gate`
+        read from the prompt.
         """
-        state = GateState(tracker, pool_mask, record)
+        if self.options.shared and shared is None:
+            raise SteeringInputError(
+                "this steerer's gate is shared: it reads the whole prompt before steering. Use "
+                "steerer.generate(...), or pass prompt_gate=steerer.prompt_gate(prompt) to "
+                "fwd_hooks / steer / hooks for a forward pass of your own"
+            )
+        state = GateState(tracker, pool_mask, record, hard=self.options.hard,
+                          shared=shared if self.options.shared else None)  # fmt: skip
         out = []
         for site, hook in hooks:
             probe = self.probes.get(site)
@@ -173,11 +203,14 @@ def prepare_control(runner: Any, control: Any, chat: bool, gate: Any) -> tuple[A
             raise SteeringInputError("gate=True needs control prompts: fit(source, target, control=[...], gate=True)")
         return None, None
     check_prompts(control, "control", minimum=2)
+    if options is not None and options.shared and not getattr(runner, "has_tokens", True):
+        raise SteeringInputError("a shared gate is read from a prompt's tokens: use the per-image gate (drop shared=True) on a diffusion pipeline")
     return runner.prepare(as_conversations(control, chat)), options
 
 
-def generation_pool_mask(runner: Any, prompt: Any, chat: bool = False, attention_mask: Tensor | None = None) -> Tensor | None:
-    """The pooling mask of ``prompt`` as ``runner.generate`` will left-pad it (None if unknown)."""
+def generation_batch(runner: Any, prompt: Any, chat: bool = False, attention_mask: Tensor | None = None) -> Any:
+    """``prompt`` prepared and left-padded into one batch as ``runner.generate`` will pad it (None for
+    a diffusion pipeline). Its ``mask`` is the tokens a gate counts."""
     from lineas_tl.chat import as_conversations, is_conversation
 
     if not hasattr(runner, "prepare") or not hasattr(runner, "generate") or not getattr(runner, "has_tokens", True):
@@ -191,4 +224,17 @@ def generation_pool_mask(runner: Any, prompt: Any, chat: bool = False, attention
     except TypeError:
         prepared = runner.prepare(prompts)
     with torch.no_grad():
-        return prepared.batch(range(len(prepared)), padding_side="left").mask
+        return prepared.batch(range(len(prepared)), padding_side="left")
+
+
+def gate_inputs(steerer: Any, batch: Any) -> dict[str, Any]:
+    """``fwd_hooks``'s gate arguments for a forward pass over ``batch``: the tokens the gate counts
+    and, for a shared gate, each row's value read from the unsteered prompt ({} without a gate)."""
+    gate = getattr(steerer, "gate_", None)
+    if gate is None or batch is None:
+        return {}
+    if not gate.options.shared:
+        return {"pool_mask": batch.mask}
+    from lineas_tl.gate.shared import read_shared_gate
+
+    return {"pool_mask": batch.mask, "prompt_gate": read_shared_gate(gate, steerer.maps_, steerer.runner, batch)}

@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lineas_tl.gate.gate import gate_inputs
 from lineas_tl.protocols import SteererLike
 
 
@@ -55,7 +56,7 @@ def gates(steerer: SteererLike, text: Any, strength: Any = 1.0, *, inverse: bool
     runner = steerer.runner
     prepared = runner.prepare([text])
     batch = prepared.batch([0])
-    pairs = steerer.fwd_hooks(strength, inverse=inverse, pool_mask=batch.mask)
+    pairs = steerer.fwd_hooks(strength, inverse=inverse, **gate_inputs(steerer, batch))
     record: dict[str, Tensor] = {}
     pairs[0][1].state.record = record  # one GateState is shared by all of a call's hooks
     with torch.no_grad():

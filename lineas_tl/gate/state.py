@@ -71,6 +71,9 @@ class GateState(_ShortRepr):
             ``[batch, pos]`` for a plain forward pass: 1 where a prompt token is counted. None:
             every real token counts (left padding, known from ``tracker``, never does).
         record: if a dict, every gated hook stores its gate values there (``site -> [batch, pos]``).
+        hard: gates are 0 or 1 (a logit at least 0) instead of the probability.
+        shared: ``[batch]`` one gate per row for every site (:mod:`lineas_tl.gate.shared`); each
+            counted token takes its row's value, and no activation is read.
 
     Speed: the positions' bookkeeping (which tokens are counted, where the call starts) is done once
     per forward call and shared by every site; a probe's folded direction is cached
@@ -82,6 +85,8 @@ class GateState(_ShortRepr):
     tracker: GenerationPositions | None = None
     pool_mask: Int[Tensor, "batch pos"] | None = None
     record: dict[str, Tensor] | None = None
+    hard: bool = False
+    shared: Float[Tensor, " batch"] | None = None
     _sums: dict[str, tuple[Tensor, Tensor, int]] = field(default_factory=dict)
     _prompt: dict[str, Tensor] = field(default_factory=dict)
     _prompt_cast: dict[str, tuple[Any, Tensor]] = field(default_factory=dict)
@@ -151,6 +156,8 @@ class GateState(_ShortRepr):
         batch = x.shape[0]
         n_pos = math.prod(x.shape[1 : x.ndim - n_feat])
         call = self._positions(batch, n_pos, x.device, feature_axis == 2)
+        if self.shared is not None:
+            return self._shared(site, act, call, batch, n_pos, feature_axis, n_feat)
         if driver == "prompt" and (call.prompt_w is None or self.freeze) and site in self._prompt:
             if len(self._prompt[site]) == batch:
                 return self._frozen(site, act, n_pos)  # the prompt was read before: no activation needed
@@ -161,7 +168,7 @@ class GateState(_ShortRepr):
         if call.counted is not None:
             a = torch.where(call.counted, a, torch.zeros_like(a))
         if driver == "token":
-            g = torch.sigmoid(a + e)
+            g = self._squash(a + e)
             g = g if call.c is None else g * call.c
         elif driver == "running":
             g = self._running(site, call, a, e, batch, n_pos)
@@ -169,7 +176,7 @@ class GateState(_ShortRepr):
             g = torch.zeros(batch, n_pos, dtype=a.dtype, device=a.device)
         else:  # "prompt", a call holding the prompt
             mean = (a * call.prompt_w).sum(1) / call.prompt_n.clamp_min(1)
-            g_prompt = torch.sigmoid(mean + e) * (call.prompt_n > 0).to(a.dtype)
+            g_prompt = self._squash(mean + e) * (call.prompt_n > 0).to(a.dtype)
             n = self.cond_rows
             if self.freeze and n is not None and batch == 2 * n:  # CFG: the conditional rows' gate
                 g_prompt = g_prompt[n:].repeat(2)
@@ -179,6 +186,21 @@ class GateState(_ShortRepr):
             g = g_prompt[:, None] * call.c
         if self.record is not None:
             self.record[site] = g.detach().reshape(batch, n_pos).cpu()
+        return g.to(act.dtype).reshape(self._shape(act, feature_axis, n_feat))
+
+    def _squash(self, logit: Tensor) -> Tensor:
+        return (logit >= 0).to(logit.dtype) if self.hard else torch.sigmoid(logit)
+
+    def _shared(self, site: str, act: Tensor, call: _Call, batch: int, n_pos: int, feature_axis: int, n_feat: int) -> Tensor:
+        """The shared gate: the row's value at every counted token (every generated one counts)."""
+        shared = self.shared
+        assert shared is not None
+        if len(shared) != batch:
+            raise ValueError(f"the shared gate has {len(shared)} rows, the batch {batch}; read it from this batch's prompts")
+        g = shared.to(device=act.device, dtype=torch.float32)[:, None]
+        g = g.expand(batch, n_pos) if call.c is None else g * call.c
+        if self.record is not None:
+            self.record[site] = g.detach().cpu()
         return g.to(act.dtype).reshape(self._shape(act, feature_axis, n_feat))
 
     @staticmethod
@@ -209,11 +231,11 @@ class GateState(_ShortRepr):
                 sums = s0[:, None] + a.cumsum(1)
             if self.tracker is not None:
                 self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
-            return torch.sigmoid(sums / counts + e)
+            return self._squash(sums / counts + e)
         sums, counts = s0[:, None] + a.cumsum(1), n0[:, None] + call.c.cumsum(1)
         if self.tracker is not None:
             self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
-        g = torch.sigmoid(sums / counts.clamp_min(1) + e)
+        g = self._squash(sums / counts.clamp_min(1) + e)
         return g * (call.c * (counts > 0).to(a.dtype))
 
     def _continue(self, site: str, start: int, batch: int, a: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,12 +272,13 @@ class GatedSteeringHook(_ShortRepr):
 
     @property
     def active(self) -> bool:
-        return self.probe.active and self.steer.strength != 0
+        return (self.probe.active or self.state.shared is not None) and self.steer.strength != 0
 
     @property
     def skips(self) -> bool:
-        """An inactive site leaves every activation unchanged: the runners do not attach it at all."""
-        return not self.probe.active or self.steer.skips
+        """An inactive site leaves every activation unchanged: the runners do not attach it at all.
+        Under a shared gate every site with a map is steered."""
+        return not (self.probe.active or self.state.shared is not None) or self.steer.skips
 
     def __call__(self, act: Tensor, *, hook: Any) -> Tensor:
         m = self.steer.map_

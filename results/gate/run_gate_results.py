@@ -12,6 +12,8 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
         --strengths 1.5 2 3 4 --out results/gate/extended --threads 1        # the gated baselines past the main grid
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --two-stage \
         --out results/gate/two_stage --threads 1                              # gated LinEAS in two stages
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas mean_act iti \
+        --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard --threads 1   # one 0/1 gate per prompt
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -56,7 +58,8 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
 
 
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
-        gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False) -> None:  # fmt: skip
+        gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
+        gate: dict[str, Any] | None = None) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -72,6 +75,9 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     kwargs: dict[str, dict[str, Any]] = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
     if two_stage:  # gated LinEAS as the baselines: ungated maps, then the probes
         kwargs.setdefault(f"lineas{GATE_SUFFIX}", {})["gate"] = {"end_to_end": False}
+    for name in names if gate else ():  # every gated method with these gate options
+        if name.endswith(GATE_SUFFIX):
+            kwargs.setdefault(name, {})["gate"] = {**kwargs.get(name, {}).get("gate", {}), **gate}
     table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
@@ -85,7 +91,8 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
-        "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage}, indent=1, default=str))
+        "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
+        "gate_options": gate}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -100,12 +107,13 @@ def main() -> None:
     ap.add_argument("--gated-only", action="store_true", help="only the gated variants")
     ap.add_argument("--strengths", nargs="+", type=float, help="sweep only these (and 0), e.g. past the main grid")
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
+    ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
-            strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage)
+            strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate)
 
 
 if __name__ == "__main__":
