@@ -2,9 +2,10 @@
 
 Times ``steerer.generate`` for the same prompts with the ungated maps, and with each gate driver
 on the same maps (a Mean-AcT steerer on all 60 sites, gate threshold 0 so every site is gated),
-plus the unsteered model. The runs are interleaved (one of each configuration per round, so a
-neighbour's load falls on all of them alike) and each row is the median over ``--repeats`` rounds,
-of wall time and of this process's CPU time (less sensitive to other jobs on a shared machine).
+with the shared hard gate (``gate={"shared": True, "hard": True}``), and the unsteered model.
+The runs are interleaved (one of each configuration per round, so a neighbour's load falls on all
+of them alike) and each row is the median over ``--repeats`` rounds, of wall time and of this
+process's CPU time (less sensitive to other jobs on a shared machine).
 A last, instrumented run of each configuration times the steering hooks alone (CPU time inside
 the outermost hook call, per generated token): the gate's own cost, whatever the machine's load.
 Writes ``benchmarks/RESULTS_gate.md`` (``--out``).
@@ -46,8 +47,9 @@ def main() -> None:
 
     def configure(name: str) -> float:
         steerer.gate_ = None if name in ("unsteered", "ungated") else gate
-        if steerer.gate_ is not None:
-            gate.options.driver = name
+        if steerer.gate_ is not None:  # "shared": one 0/1 gate per prompt, read in a pass of its own
+            gate.options.driver = "prompt" if name == "shared" else name
+            gate.options.shared = gate.options.hard = name == "shared"
         return 0.0 if name == "unsteered" else 1.0
 
     def once(name: str) -> tuple[float, float]:
@@ -56,7 +58,7 @@ def main() -> None:
         steerer.generate(prompts, strength, max_new_tokens=args.new_tokens, return_type="tokens", stop_at_eos=False)
         return (time.perf_counter() - wall) / args.new_tokens, (time.process_time() - cpu) / args.new_tokens
 
-    names = ["unsteered", "ungated", "token", "running", "prompt"]
+    names = ["unsteered", "ungated", "token", "running", "prompt", "shared"]
 
     def hooks_cpu(name: str) -> float:
         """CPU seconds per generated token spent inside the steering hooks (outermost calls only)."""
@@ -96,7 +98,8 @@ def main() -> None:
     hooks = {n: hooks_cpu(n) for n in names}
     wall = {n: statistics.median(t[0] for t in times[n]) for n in names}
     cpu = {n: statistics.median(t[1] for t in times[n]) for n in names}
-    label = {"unsteered": "unsteered (strength 0)", "ungated": "ungated maps"}
+    label = {"unsteered": "unsteered (strength 0)", "ungated": "ungated maps",
+             "shared": "gated, shared and hard (the prompt's vote, one extra pass over the prompt)"}
     rows = [
         f"| {label.get(n, f'gated, driver={n}')} | {1000 * wall[n]:.1f} | {100 * (wall[n] / wall['ungated'] - 1):+.1f}% "
         f"| {1000 * cpu[n]:.1f} | {100 * (cpu[n] / cpu['ungated'] - 1):+.1f}% "
@@ -125,7 +128,9 @@ def main() -> None:
         "direction, logit = x.d + e, cached per probe), a sigmoid, and the blend z + g (T(z) - z); the",
         "positions' bookkeeping is done once per call for all sites, and the \"prompt\" driver reads",
         "no activation after the prompt (its gate is one number per row, cast and shaped once). A site",
-        "whose probe is below the threshold is not attached at all.",
+        "whose probe is below the threshold is not attached at all. The shared gate's hooks only blend",
+        "(the gate is one number per row); its cost is the unsteered pass over the prompt that reads the",
+        "probes' vote before generating, which is in the whole-generation columns, not in the hooks'.",
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

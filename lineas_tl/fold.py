@@ -93,8 +93,8 @@ def ungated_view(steerer: Any, ungated: bool, what: str) -> Any:
         return steerer
     if not ungated:
         raise FoldError(
-            f"this steerer is gated: each token's steering is scaled by a probe of its own activations "
-            f"(the gate depends on the input), and weights act on every token alike, so {what} cannot "
+            f"this steerer is gated: each token's steering is scaled by probes of the input's activations "
+            f"(the gate depends on the input), and weights act on every input alike, so {what} cannot "
             f"write it. Serve it with hooks (steerer.steer() / generate()), or pass ungated=True to {what} "
             "the maps without the gate (every token steered, as an ungated steerer)."
         )

@@ -204,7 +204,9 @@ def prepare_control(runner: Any, control: Any, chat: bool, gate: Any) -> tuple[A
         return None, None
     check_prompts(control, "control", minimum=2)
     if options is not None and options.shared and not getattr(runner, "has_tokens", True):
-        raise SteeringInputError("a shared gate is read from a prompt's tokens: use the per-image gate (drop shared=True) on a diffusion pipeline")
+        raise SteeringInputError(
+            "a shared gate is read from a prompt's tokens: on a diffusion pipeline use the per-image gate (drop shared=True)"
+        )
     return runner.prepare(as_conversations(control, chat)), options
 
 

@@ -83,6 +83,29 @@ class Config:
                    calibration_grid=4, bisect_steps=2)  # fmt: skip
 
 
+Pair = tuple[list[str], list[str]]
+
+
+def fit_and_heldout(concept: Any, n_heldout: int) -> tuple[Pair, Pair]:
+    """The concept's source and target pools, shuffled once: ``(fit pools, held-out prompts)``, the
+    first ``n_heldout`` of each pool held out of every fit."""
+    pools = []
+    for pool in (concept.source_prompts, concept.target_prompts):
+        pool = list(pool)
+        random.Random(1234).shuffle(pool)
+        pools.append(pool)
+    h = n_heldout
+    return (pools[0][h:], pools[1][h:]), (pools[0][:h], pools[1][:h])
+
+
+def draw(fit_pool: Pair, n: int, seed: int) -> Pair | None:
+    """N source and N target prompts from the fit pools (None when a pool is too small)."""
+    if n > min(len(p) for p in fit_pool):
+        return None
+    rng = random.Random(seed)
+    return rng.sample(fit_pool[0], n), rng.sample(fit_pool[1], n)
+
+
 class Bench:
     """The model, the prompt splits and the measurements shared by every experiment."""
 
@@ -97,16 +120,10 @@ class Bench:
         self.cfg, self.torch, self.perplexity = cfg, torch, perplexity
         self.model = models.load(cfg.model)
         self.concept = get_concept(cfg.concept)
-        pools = []
-        for pool in (self.concept.source_prompts, self.concept.target_prompts):
-            pool = list(pool)
-            random.Random(1234).shuffle(pool)
-            pools.append(pool)
-        h = cfg.n_heldout
-        self.fit_pool = (pools[0][h:], pools[1][h:])
-        self.heldout = (pools[0][:h], pools[1][:h])
+        self.fit_pool, self.heldout = fit_and_heldout(self.concept, cfg.n_heldout)
         self.eval_prompts = self.concept.eval_prompts[: cfg.n_eval]
-        assert not set(self.eval_prompts) & (set(pools[0]) | set(pools[1])), "evaluation prompts leak into the pools"
+        pooled = set(self.fit_pool[0] + self.fit_pool[1] + self.heldout[0] + self.heldout[1])
+        assert not set(self.eval_prompts) & pooled, "evaluation prompts leak into the pools"
         texts = reference_text(n=2 * cfg.n_reference, seed=0, max_words=cfg.reference_words)
         self.calibration_texts, self.ppl_texts = texts[: cfg.n_reference], texts[cfg.n_reference :]
         self.gen = (GenerationConfig.greedy(cfg.max_new_tokens) if cfg.greedy
@@ -120,10 +137,7 @@ class Bench:
 
     def split(self, n: int, seed: int) -> tuple[list[str], list[str]] | None:
         """N source and N target prompts from the fit pools (None when a pool is too small)."""
-        if n > min(len(p) for p in self.fit_pool):
-            return None
-        rng = random.Random(seed)
-        return rng.sample(self.fit_pool[0], n), rng.sample(self.fit_pool[1], n)
+        return draw(self.fit_pool, n, seed)
 
     def fit(self, method: str, n: int, seed: int, **extra: Any) -> Any:
         """``method`` fitted on :meth:`split` (n, seed); kept, so another part of the run reuses it."""
