@@ -153,6 +153,17 @@ def calibrate(
     strength, value, evaluated = search_strength(
         ppl, (1 + max_ppl_increase) * base, max_strength=max_strength, grid=grid, bisect_steps=bisect_steps
     )
+    if getattr(steerer, "gate_", None) is not None and all(abs(p - base) <= 1e-6 * base for _, p in evaluated):
+        import warnings
+
+        warnings.warn(
+            f"the gate stayed shut on these {len(texts)} texts (their perplexity is the same at every strength), "
+            f"so the calibrated strength ({strength:g}, the top of the search) says nothing about the fluency of "
+            "the text the gate does steer; judge that on the steered continuations (evaluate.compare's "
+            "cont_ppl, frontier_summary(..., cont_budget=0.10))",
+            UserWarning,
+            stacklevel=3,
+        )
     return Calibration(
         strength=strength, max_ppl_increase=float(max_ppl_increase), base_perplexity=base,
         perplexity=value if strength > 0 else base,

@@ -84,8 +84,6 @@ class HookedSteerer:
         self.sites = resolve_sites(model, sites)
         self.pooling = pooling
         self.pool_bos = pool_bos
-        # Fitted attributes (``maps_``, ``method_``, ``hparams_``, ``history_``, ``calibrated_strength_``,
-        # ``calibration_``) do not exist before fit() or load(): reading one raises NotFittedError.
 
     maps_: dict[str, AffineMap]
     method_: str | None
@@ -344,8 +342,7 @@ class HookedSteerer:
         into one batch): pass it as ``fwd_hooks(..., prompt_gate=...)`` (or to ``steer``/``hooks``)
         for a forward pass of your own over the same batch. See :mod:`lineas_tl.gate.shared`."""
         self._check_fitted()
-        gate = getattr(self, "gate_", None)
-        if gate is None or not gate.options.shared:
+        if getattr(self, "gate_", None) is None or not self.gate_.options.shared:
             raise ValueError("prompt_gate is for a shared gate: fit with gate={'shared': True}")
         return gate_inputs(self, generation_batch(self.runner, prompt, chat))["prompt_gate"]
 

@@ -156,3 +156,14 @@ def test_perplexity_reads_each_rows_gate(shared):
     together = perplexity(model, texts, 2, steerer, 1.0)
     assert math.isclose(together, perplexity(model, texts, 1, steerer, 1.0), rel_tol=1e-5)
     assert not math.isclose(together, perplexity(model, texts, 2), rel_tol=1e-6)
+
+
+def test_calibrating_on_text_the_gate_shuts_warns(shared):
+    """A hard shared gate leaves neutral text untouched, so its perplexity cannot pick a strength."""
+    _, fit, _ = shared
+    steerer = fit["hard"]
+    shut = [t for t, g in zip(CONTROL[:8], steerer.prompt_gate(CONTROL[:8]).tolist()) if g == 0.0]
+    assert shut, "the fixture should shut some control prompts"
+    with pytest.warns(UserWarning, match="the gate stayed shut"):
+        steerer.calibrate(shut, 0.05, grid=2, bisect_steps=0)
+    assert steerer.calibrated_strength_ == 1.0
