@@ -1,0 +1,68 @@
+"""What should drive one gate shared by every site? One site's probe, or the vote of all of them.
+
+A shared gate must be known before the first site is steered. Two ways: read the first active
+site's probe on the prompt (free: the first site sees unsteered activations), or read every active
+probe on the unsteered prompt and average their logits (the vote; one extra forward pass). This
+measures how each separates held-out concept prompts from neutral text, with the gate's probes
+fitted as in the gate run (`run_gate_results.protocol`, seed 0; the probes read the unsteered
+model, so they are the same for every method: Mean-AcT's are used).
+
+Per driver: the share of the 48 held-out concept prompts it opens (prompt gate >= 1/2) and of the
+neutral texts (held-out reference paragraphs cut to the prompts' length), with the mean gate.
+Writes ``shared_driver/<concept>.md``.
+
+    python results/gate/shared_driver.py --concept sentiment --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from run_gate_results import HERE, protocol
+
+
+def main() -> None:
+    from lineas_tl import HookedSteerer, models
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concept", default="sentiment")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-eval", type=int, default=48)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = models.load("smollm2-135m")
+    concept, src, tgt, control, common = protocol(args.concept)
+    prompts = concept.eval_prompts[: args.n_eval]
+    n_words = max(len(p.split()) for p in prompts)
+    neutral = [" ".join(t.split()[:n_words]) for t in common["reference_texts"]]
+    steerer = HookedSteerer(model).fit(src, tgt, method="mean_act", control=control, gate=True, progress=False)
+    active = steerer.gate_.active_sites
+
+    def prompt_gates(texts: list[str]) -> torch.Tensor:
+        """``[texts, active sites]``: each site's prompt gate on the (barely) unsteered model."""
+        return torch.stack([torch.stack([steerer.gates(t, strength=1e-6).values[s][-1] for s in active]) for t in texts])
+
+    held, neut = prompt_gates(prompts), prompt_gates(neutral)
+    logit = lambda g: torch.logit(g.clamp(1e-6, 1 - 1e-6))  # noqa: E731
+    drivers = {"the vote of every active probe (mean logit)": (torch.sigmoid(logit(held).mean(1)), torch.sigmoid(logit(neut).mean(1))),
+               f"the first active site alone ({active[0]})": (held[:, 0], neut[:, 0])}  # fmt: skip
+    for i in range(3, len(active), max(1, len(active) // 6)):
+        drivers[f"{active[i]} alone"] = (held[:, i], neut[:, i])
+    lines = [f"# One gate for every site: which driver? ({args.concept})", "",
+             f"Command: `python results/gate/shared_driver.py --concept {args.concept} --threads {args.threads}`; "
+             f"{len(prompts)} held-out prompts, {len(neutral)} neutral texts, {len(active)} active probes.", "",
+             "| driver | held-out prompts opened | mean gate | neutral texts opened | mean gate |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, (h, n) in drivers.items():
+        lines.append(f"| {name} | {float((h >= 0.5).float().mean()):.0%} | {float(h.mean()):.2f} "
+                     f"| {float((n >= 0.5).float().mean()):.0%} | {float(n.mean()):.2f} |")  # fmt: skip
+    out = HERE / "shared_driver"
+    out.mkdir(exist_ok=True)
+    (out / f"{args.concept}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
