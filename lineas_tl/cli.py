@@ -234,6 +234,11 @@ def compare(
     control: Annotated[
         Path | None, typer.Option(help="Control prompt file for gated methods (default: the concept's control prompts).")
     ] = None,
+    gate_option: Annotated[
+        list[str] | None,
+        typer.Option("--gate-option", help="A gate option KEY=VALUE for every NAME+gate method (repeatable), "
+                     "e.g. --gate-option shared=true --gate-option hard=true."),
+    ] = None,
     strengths: Annotated[
         list[str] | None,
         typer.Option(
@@ -291,7 +296,12 @@ def compare(
     if src is None or tgt is None:
         raise CLIError("pass --concept NAME, or both --source and --target prompt files")
     methods = split_list(method, "--method") or list(evaluate.DEFAULT_METHODS)
-    method_kwargs = {"lineas": {"steps": steps}} if steps is not None and "lineas" in methods else None
+    method_kwargs = {"lineas": {"steps": steps}} if steps is not None and "lineas" in methods else {}
+    gate_options = parse_params(gate_option, "--gate-option")
+    if gate_options and not any(map(evaluate.is_gated, methods)):
+        raise CLIError("--gate-option applies to gated methods: add one, e.g. --method lineas+gate")
+    for name in filter(evaluate.is_gated, methods if gate_options else []):
+        method_kwargs.setdefault(name, {})["gate"] = gate_options
     lm = load_model(model, device)
     table = evaluate.compare(
         lm,
@@ -301,7 +311,7 @@ def compare(
         strengths=parse_strengths(",".join(split_list(strengths, "--strength")) or _STRENGTHS),
         eval_prompts=evals,
         scorer=scorer,
-        method_kwargs=method_kwargs,
+        method_kwargs=method_kwargs or None,
         control=ctrl if any(map(evaluate.is_gated, methods)) else None,
         extra_strengths=_extra_strengths(extra_strengths),
         generation=generation,

@@ -289,6 +289,22 @@ def test_bad_param_syntax(gpt2_dir, prompt_files):
     assert_one_line_error(result, "KEY=VALUE")
 
 
+def test_compare_passes_gate_options_to_gated_methods(gpt2_dir, prompt_files, tmp_path):
+    evals, control = tmp_path / "eval.txt", tmp_path / "control.txt"
+    evals.write_text("the weather is\nmy dog likes\n")
+    control.write_text("the river runs to the sea\na train left the station\nthe museum opened at nine\n"
+                       "she read a book in the park\nwe walked along the old road\nthe shop sells bread\n")  # fmt: skip
+    common = ("compare", "--model", gpt2_dir, "--source", prompt_files["source"], "--target", prompt_files["target"],
+              "--eval-prompts", evals, "--strength", 0, "--strength", 1, "--extra-strength", "none",
+              "--max-new-tokens", 3, "--no-progress", "--gate-option", "shared=true", "--gate-option", "hard=true")  # fmt: skip
+    assert_one_line_error(invoke(*common, "--method", "mean_act"), "--gate-option applies to gated methods")
+    result = invoke(*common, "--method", "mean_act+gate", "--control", control, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output + result.stderr
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert "mean_act+gate" in set(table["method"])
+    assert table["ppl_increase"].abs().max() < 0.5  # a hard gate leaves most reference text alone
+
+
 def test_compare_needs_prompts_or_a_concept(gpt2_dir):
     result = invoke("compare", "--model", gpt2_dir)
     assert_one_line_error(result, "--concept")
