@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -154,8 +155,6 @@ def calibrate(
         ppl, (1 + max_ppl_increase) * base, max_strength=max_strength, grid=grid, bisect_steps=bisect_steps
     )
     if getattr(steerer, "gate_", None) is not None and all(abs(p - base) <= 1e-6 * base for _, p in evaluated):
-        import warnings
-
         warnings.warn(
             f"the gate stayed shut on these {len(texts)} texts (their perplexity is the same at every strength), "
             f"so the calibrated strength ({strength:g}, the top of the search) says nothing about the fluency of "

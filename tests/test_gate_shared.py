@@ -129,7 +129,9 @@ def test_lineas_fits_a_shared_hard_gate_in_two_stages(shared):
                                        steps=3, warn=False, progress=False)  # fmt: skip
     h = steerer.history_["gate"]
     assert h["shared"] and h["hard"] and not h["end_to_end"] and not h["trained"]
-    assert "control" not in steerer.history_ or not steerer.history_.get("control")
+    plain = HookedSteerer(model).fit(src, tgt, steps=3, warn=False, progress=False)
+    for site, m in plain.maps_.items():  # the first stage is the ungated fit: the control set is not seen
+        assert torch.equal(m.weight, steerer.maps_[site].weight) and torch.equal(m.bias, steerer.maps_[site].bias)
     assert set(steerer.prompt_gate(["the cat", "you idiot"]).tolist()) <= {0.0, 1.0}
 
 
