@@ -304,10 +304,9 @@ class HookedSteerer:
         """
         self._check_fitted()
 
-        batch = None
-        if getattr(self, "gate_", None) is not None:
-            batch = generation_batch(self.runner, prompt, kwargs.get("chat", False), kwargs.get("attention_mask"))
-        gating = gate_inputs(self, batch)
+        gated = getattr(self, "gate_", None) is not None
+        chat, mask = kwargs.get("chat", False), kwargs.get("attention_mask")
+        gating = gate_inputs(self, generation_batch(self.runner, prompt, chat, mask)) if gated else {}
 
         def make_hooks(tracker: GenerationPositions | None) -> list[Hook]:
             return self.fwd_hooks(strength, inverse=inverse, positions=positions, tracker=tracker, **gating)

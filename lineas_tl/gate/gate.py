@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lineas_tl.gate.probe import DEFAULT_COMPONENTS, DEFAULT_HOLDOUT, DEFAULT_THRESHOLD, SiteProbe, fit_probe
+from lineas_tl.gate.shared import read_shared_gate
 from lineas_tl.gate.state import DRIVERS, GatedSteeringHook, GateState
 from lineas_tl.validate import SteeringInputError, check_number
 
@@ -237,6 +238,4 @@ def gate_inputs(steerer: Any, batch: Any) -> dict[str, Any]:
         return {}
     if not gate.options.shared:
         return {"pool_mask": batch.mask}
-    from lineas_tl.gate.shared import read_shared_gate
-
     return {"pool_mask": batch.mask, "prompt_gate": read_shared_gate(gate, steerer.maps_, steerer.runner, batch)}

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lineas_tl.pooling import to_features_last
+from lineas_tl.gate.state import features_last, probe_logit, squash
 
 
 def read_shared_gate(gate: Any, maps: Mapping[str, Any], runner: Any, batch: Any) -> Float[Tensor, " batch"]:
@@ -50,13 +50,10 @@ def read_shared_gate(gate: Any, maps: Mapping[str, Any], runner: Any, batch: Any
 
     def reader(site: str) -> Any:
         m, probe = maps[site], gate.probes[site]
-        n_feat = len(m.feature_shape)
 
         def hook(act: Tensor, *, hook: Any) -> Tensor:
-            x = act if act.ndim == m.feature_axis + n_feat else to_features_last(act, m.feature_axis, n_feat)
-            n_pos = math.prod(x.shape[1 : x.ndim - n_feat])
-            d, e = probe.folded(x.device)
-            a = x.reshape(x.shape[0], n_pos, -1).float() @ d
+            x, batch, n_pos = features_last(act, m.feature_axis, len(m.feature_shape))
+            a, e = probe_logit(x, probe, batch, n_pos)
             w = torch.ones_like(a) if mask is None or tuple(mask.shape) != tuple(a.shape) else mask.to(a.device).float()
             n = w.sum(1)
             logits[site] = torch.where(n > 0, (a * w).sum(1) / n.clamp_min(1) + e, torch.full_like(n, -math.inf))
@@ -68,6 +65,4 @@ def read_shared_gate(gate: Any, maps: Mapping[str, Any], runner: Any, batch: Any
         runner.forward(batch, [(s, reader(s)) for s in sites], sites=sites)
     device = logits[sites[0]].device
     vote = torch.stack([logits[s].to(device) for s in sites]).mean(0)
-    if gate.options.hard:
-        return (vote >= 0).float()
-    return torch.sigmoid(vote)
+    return squash(vote, gate.options.hard)

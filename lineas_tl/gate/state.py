@@ -46,7 +46,25 @@ from lineas_tl.hooks import GenerationPositions, SteeringHook, _ShortRepr
 from lineas_tl.pooling import to_features_last
 
 Driver = Literal["token", "running", "prompt"]
+SHARED = "<shared>"  # the cast of a shared gate, kept beside the prompt driver's per-site casts
 DRIVERS: tuple[str, ...] = ("token", "running", "prompt")
+
+
+def squash(logit: Tensor, hard: bool = False) -> Tensor:
+    """A gate from a probe's logit: its probability, or (``hard``) 1 where the logit is at least 0, else 0."""
+    return (logit >= 0).to(logit.dtype) if hard else torch.sigmoid(logit)
+
+
+def features_last(act: Tensor, feature_axis: int, n_feat: int) -> tuple[Tensor, int, int]:
+    """``(x, batch, n_pos)``: ``act`` with its feature axes last, its rows and its positions per row."""
+    x = act if act.ndim == feature_axis + n_feat else to_features_last(act, feature_axis, n_feat)
+    return x, x.shape[0], math.prod(x.shape[1 : x.ndim - n_feat])
+
+
+def probe_logit(x: Tensor, probe: SiteProbe, batch: int, n_pos: int) -> tuple[Float[Tensor, "batch pos"], Tensor]:
+    """``(a, e)``: the probe's logit at every position of ``x`` without its constant, and the constant."""
+    d, e = probe.folded(x.device)
+    return x.reshape(batch, n_pos, -1).float() @ d, e
 
 
 @dataclass(repr=False)
@@ -152,23 +170,20 @@ class GateState(_ShortRepr):
 
     def gate(self, site: str, act: Tensor, probe: SiteProbe, driver: str, feature_axis: int, n_feat: int) -> Tensor:
         """Gate values for ``act``, shaped to broadcast against it (features axes of size 1)."""
-        x = act if act.ndim == feature_axis + n_feat else to_features_last(act, feature_axis, n_feat)
-        batch = x.shape[0]
-        n_pos = math.prod(x.shape[1 : x.ndim - n_feat])
+        x, batch, n_pos = features_last(act, feature_axis, n_feat)
         call = self._positions(batch, n_pos, x.device, feature_axis == 2)
         if self.shared is not None:
             return self._shared(site, act, call, batch, n_pos, feature_axis, n_feat)
         if driver == "prompt" and (call.prompt_w is None or self.freeze) and site in self._prompt:
             if len(self._prompt[site]) == batch:
                 return self._frozen(site, act, n_pos)  # the prompt was read before: no activation needed
-        d, e = probe.folded(x.device)
-        a = x.reshape(batch, n_pos, -1).float() @ d  # [batch, pos]: the logit without its constant
+        a, e = probe_logit(x, probe, batch, n_pos)
         if driver not in DRIVERS:
             raise ValueError(f"unknown gate driver {driver!r}; choose one of {DRIVERS}")
         if call.counted is not None:
             a = torch.where(call.counted, a, torch.zeros_like(a))
         if driver == "token":
-            g = self._squash(a + e)
+            g = squash(a + e, self.hard)
             g = g if call.c is None else g * call.c
         elif driver == "running":
             g = self._running(site, call, a, e, batch, n_pos)
@@ -176,7 +191,7 @@ class GateState(_ShortRepr):
             g = torch.zeros(batch, n_pos, dtype=a.dtype, device=a.device)
         else:  # "prompt", a call holding the prompt
             mean = (a * call.prompt_w).sum(1) / call.prompt_n.clamp_min(1)
-            g_prompt = self._squash(mean + e) * (call.prompt_n > 0).to(a.dtype)
+            g_prompt = squash(mean + e, self.hard) * (call.prompt_n > 0).to(a.dtype)
             n = self.cond_rows
             if self.freeze and n is not None and batch == 2 * n:  # CFG: the conditional rows' gate
                 g_prompt = g_prompt[n:].repeat(2)
@@ -188,17 +203,15 @@ class GateState(_ShortRepr):
             self.record[site] = g.detach().reshape(batch, n_pos).cpu()
         return g.to(act.dtype).reshape(self._shape(act, feature_axis, n_feat))
 
-    def _squash(self, logit: Tensor) -> Tensor:
-        return (logit >= 0).to(logit.dtype) if self.hard else torch.sigmoid(logit)
-
     def _shared(self, site: str, act: Tensor, call: _Call, batch: int, n_pos: int, feature_axis: int, n_feat: int) -> Tensor:
         """The shared gate: the row's value at every counted token (every generated one counts)."""
         shared = self.shared
         assert shared is not None
         if len(shared) != batch:
             raise ValueError(f"the shared gate has {len(shared)} rows, the batch {batch}; read it from this batch's prompts")
-        g = shared.to(device=act.device, dtype=torch.float32)[:, None]
-        g = g.expand(batch, n_pos) if call.c is None else g * call.c
+        if call.c is None:  # generated tokens only, all counted: the rows' values, one cast for every site
+            return self._cast(site, SHARED, shared, act, n_pos)
+        g = shared.to(device=act.device, dtype=torch.float32)[:, None] * call.c
         if self.record is not None:
             self.record[site] = g.detach().cpu()
         return g.to(act.dtype).reshape(self._shape(act, feature_axis, n_feat))
@@ -211,14 +224,18 @@ class GateState(_ShortRepr):
 
     def _frozen(self, site: str, act: Tensor, n_pos: int) -> Tensor:
         """The ``"prompt"`` gate of a generated-only call: the prompt's, ``[batch, 1, ..., 1]``."""
-        g = self._prompt[site]
+        return self._cast(site, site, self._prompt[site], act, n_pos)
+
+    def _cast(self, site: str, name: str, g: Tensor, act: Tensor, n_pos: int) -> Tensor:
+        """``g`` (one value per row) for every position of ``act``: ``[batch, 1, ..., 1]`` in its dtype
+        and device, cast once under ``name`` and reused by later calls."""
         if self.record is not None:
             self.record[site] = g.detach()[:, None].expand(len(g), n_pos).cpu()
-        cached = self._prompt_cast.get(site)
+        cached = self._prompt_cast.get(name)
         key = (act.dtype, act.device, act.ndim)
         if cached is None or cached[0] != key:
             cached = (key, g.to(device=act.device, dtype=act.dtype).reshape(len(g), *[1] * (act.ndim - 1)))
-            self._prompt_cast[site] = cached
+            self._prompt_cast[name] = cached
         return cached[1]
 
     def _running(self, site: str, call: _Call, a: Tensor, e: Tensor, batch: int, n_pos: int) -> Tensor:
@@ -231,11 +248,11 @@ class GateState(_ShortRepr):
                 sums = s0[:, None] + a.cumsum(1)
             if self.tracker is not None:
                 self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
-            return self._squash(sums / counts + e)
+            return squash(sums / counts + e, self.hard)
         sums, counts = s0[:, None] + a.cumsum(1), n0[:, None] + call.c.cumsum(1)
         if self.tracker is not None:
             self._sums[site] = (sums[:, -1].detach(), counts[:, -1].detach(), call.start + n_pos)
-        g = self._squash(sums / counts.clamp_min(1) + e)
+        g = squash(sums / counts.clamp_min(1) + e, self.hard)
         return g * (call.c * (counts > 0).to(a.dtype))
 
     def _continue(self, site: str, start: int, batch: int, a: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import draw, fit_and_heldout
+from run import draw, fit_and_heldout, w2_ratios, w2_reference
 
 HERE = Path(__file__).parent
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -45,18 +45,10 @@ PAPER = {"paper recipe at ln2": {"preset": "paper", "sites": "paper"}}
 
 def w2_ratio(model: Any, steerer: Any, source: list[str], target: list[str]) -> float:
     """Pooled W2² of ``source`` steered at 1 against ``target``, over unsteered, averaged over sites."""
-    from lineas_tl import collect_activations, global_loss
-
     sites = list(steerer.maps_)
-
-    def acts(prompts: list[str]) -> dict[str, Any]:
-        return {k: v.flatten(1) for k, v in collect_activations(model, prompts, sites, progress=False).items()}
-
-    tgt = acts(target)
-    base = global_loss(acts(source), tgt)[1]
-    with steerer.steer(1.0):
-        steered = global_loss(acts(source), tgt)[1]
-    return sum(steered[s] / max(base[s], 1e-30) for s in sites) / len(sites)
+    target_acts, base = w2_reference(model, sites, source, target)
+    ratios = w2_ratios(model, steerer, sites, source, target_acts, base)
+    return sum(ratios.values()) / len(sites)
 
 
 def main() -> None:

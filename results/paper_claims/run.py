@@ -173,17 +173,34 @@ class Bench:
 
     def w2(self, steerer: Any) -> dict[str, float]:
         """Per site: held-out pooled W2² steered (strength 1) / unsteered, at ``w2_sites``."""
-        from lineas_tl import collect_activations, global_loss
-
-        def acts(prompts: list[str]) -> dict[str, Any]:
-            return {k: v.flatten(1) for k, v in collect_activations(self.model, prompts, self.w2_sites, progress=False).items()}
-
         if not self._w2_base:
-            self._target_acts = acts(self.heldout[1])
-            self._w2_base = dict(global_loss(acts(self.heldout[0]), self._target_acts)[1])
-        with steerer.steer(1.0):
-            _, per_site = global_loss(acts(self.heldout[0]), self._target_acts)
-        return {s: float(per_site[s]) / max(self._w2_base[s], 1e-30) for s in self.w2_sites}
+            self._target_acts, self._w2_base = w2_reference(self.model, self.w2_sites, *self.heldout)
+        return w2_ratios(self.model, steerer, self.w2_sites, self.heldout[0], self._target_acts, self._w2_base)
+
+
+def site_acts(model: Any, prompts: list[str], sites: list[str]) -> dict[str, Any]:
+    """Pooled activations of ``prompts`` at ``sites``, one row per prompt."""
+    from lineas_tl import collect_activations
+
+    return {k: v.flatten(1) for k, v in collect_activations(model, prompts, sites, progress=False).items()}
+
+
+def w2_reference(model: Any, sites: list[str], source: list[str], target: list[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """``(target activations, unsteered pooled W2² of source against target per site)``."""
+    from lineas_tl import global_loss
+
+    target_acts = site_acts(model, target, sites)
+    return target_acts, dict(global_loss(site_acts(model, source, sites), target_acts)[1])
+
+
+def w2_ratios(model: Any, steerer: Any, sites: list[str], source: list[str], target_acts: dict[str, Any],
+              base: dict[str, float]) -> dict[str, float]:  # fmt: skip
+    """Per site: pooled W2² of ``source`` steered at strength 1 against ``target_acts``, over ``base``."""
+    from lineas_tl import global_loss
+
+    with steerer.steer(1.0):
+        _, per_site = global_loss(site_acts(model, source, sites), target_acts)
+    return {s: float(per_site[s]) / max(base[s], 1e-30) for s in sites}
 
 
 def support(steerer: Any) -> tuple[float, float]:
