@@ -291,7 +291,7 @@ def compare(
         src, tgt = src or split.source, tgt or split.target
         evals = evals if evals is not None else c.eval_prompts
         held_out_target = [p for p in c.target_prompts if p not in set(tgt)] or None
-        scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])
+        scorer = c.lower_is_better()
         ctrl = ctrl if ctrl is not None else c.control_prompts(n_fit, seed=seed)
     if src is None or tgt is None:
         raise CLIError("pass --concept NAME, or both --source and --target prompt files")

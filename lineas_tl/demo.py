@@ -115,8 +115,7 @@ def main(
     source, target = c.split(n_fit=cfg.n_fit, seed=seed)
     held_out_target = [p for p in c.target_prompts if p not in set(target)][: cfg.n_target_eval]
     lm = models.load(model)
-    # A score the methods should lower: invert a concept we want to induce (style).
-    scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - s for s in c.scorer(texts)])
+    scorer = c.lower_is_better()
     lineas_kw = {"steps": cfg.steps} if cfg.steps is not None else {}
     gated = [m for m in methods if is_gated(m)]
     table = compare(

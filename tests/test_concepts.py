@@ -119,6 +119,10 @@ def test_style_classifier(style_cache: Path) -> None:
     assert c.goal == "increase"
     src, tgt = c.scorer(c.source_prompts), c.scorer(c.target_prompts)
     assert sum(tgt) / len(tgt) > sum(src) / len(src) + 0.5
+    # what compare ranks: lower once steering has worked, whichever way the judge points
+    assert c.lower_is_better()(["Wherefore dost thou weep, sweet maid? I prithee tell me."]) == [1 - old]
+    tox = get_concept("toxicity")
+    assert tox.lower_is_better() is tox.scorer
 
 
 def test_style_classifier_cache_reused(style_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,6 +91,13 @@ class Concept:
         """Score texts with the concept's judge (same as ``scorer(texts)``)."""
         return self.scorer(texts)
 
+    def lower_is_better(self) -> Scorer:
+        """The judge turned so that steering from source to target lowers it, as ``compare`` and the
+        frontier rank: ``scorer`` when ``goal="decrease"``, ``1 - scorer`` when ``"increase"``."""
+        if self.goal == "decrease":
+            return self.scorer
+        return lambda texts: [1 - s for s in self.scorer(texts)]
+
 
 def cache_root() -> Path:
     """Root of lineas-tl's on-disk cache: ``$LINEAS_TL_CACHE`` or ``~/.cache/lineas-tl``."""

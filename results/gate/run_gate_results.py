@@ -14,6 +14,9 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
         --out results/gate/two_stage --threads 1                              # gated LinEAS in two stages
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas mean_act iti \
         --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard --threads 1   # one 0/1 gate per prompt
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --sites paper \
+        --lineas '{"preset": "paper"}' --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard_paper --threads 1
+                                                                          # the paper's recipe at its sites, gated
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -45,7 +48,7 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
     c, cfg = get_concept(concept_name), DemoConfig()
     n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
     src, tgt = c.split(n_fit, seed=seed)
-    scorer = c.scorer if c.goal == "decrease" else (lambda texts: [1 - v for v in c.scorer(texts)])  # as the demo
+    scorer = c.lower_is_better()
     common = dict(
         eval_prompts=c.eval_prompts[:n_eval], scorer=scorer,
         reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
@@ -59,7 +62,8 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
 
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
-        gate: dict[str, Any] | None = None) -> None:  # fmt: skip
+        gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None
+        ) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -78,7 +82,10 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     for name in names if gate else ():  # every gated method with these gate options
         if name.endswith(GATE_SUFFIX):
             kwargs.setdefault(name, {})["gate"] = {**kwargs.get(name, {}).get("gate", {}), **gate}
-    table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, **common)
+    for name in names if lineas else ():  # LinEAS's own settings, gated or not (e.g. its preset)
+        if base_method(name) == "lineas":
+            kwargs.setdefault(name, {}).update(lineas)
+    table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +99,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
-        "gate_options": gate}, indent=1, default=str))
+        "gate_options": gate, "sites": sites, "lineas_options": lineas}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -108,12 +115,15 @@ def main() -> None:
     ap.add_argument("--strengths", nargs="+", type=float, help="sweep only these (and 0), e.g. past the main grid")
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
+    ap.add_argument("--sites", default=None, help="site preset for every method, e.g. 'paper' (default: the library's)")
+    ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
-            strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate)
+            strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
+            sites=args.sites, lineas=args.lineas)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ class Bench:
         from lineas_tl.evaluate.scoring import concept_score
 
         texts = continuations(self.model, self.eval_prompts, steerer, strength, config=self.gen, seed=0)
-        s = concept_score(texts, self.concept.scorer, per_prompt=self.gen.n_samples, seed=0)
+        s = concept_score(texts, self.concept.lower_is_better(), per_prompt=self.gen.n_samples, seed=0)
         ppl = self.perplexity(self.model, self.ppl_texts, steerer=steerer, strength=strength) if steerer else None
         ratio = ppl / self.base_ppl if ppl is not None else 1.0
         return {"strength": strength, "score": s.mean, "score_lo": s.mean_ci[0], "score_hi": s.mean_ci[1], "ppl_ratio": ratio}

@@ -32,19 +32,21 @@ def main() -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--concept", default="toxicity")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="the fit's step budget (default: the preset's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    lineas_kwargs = {"preset": args.preset, **({"steps": args.steps} if args.steps else {})}
     cfg, c = DemoConfig(), get_concept(args.concept)
     source, target = c.split(n_fit=cfg.n_fit, seed=args.seed)
     held_out_target = [p for p in c.target_prompts if p not in set(target)][: cfg.n_target_eval]
     started = time.perf_counter()
     table = compare(
         models.load("smollm2-135m"), source, target, methods=["lineas"], sites=args.sites,
-        method_kwargs={"lineas": {"preset": args.preset}}, strengths=cfg.strengths,
+        method_kwargs={"lineas": lineas_kwargs}, strengths=cfg.strengths,
         extra_strengths=cfg.extra_strengths, eval_prompts=c.eval_prompts[: cfg.n_eval],
-        target_eval_prompts=held_out_target or None, scorer=c.scorer,
+        target_eval_prompts=held_out_target or None, scorer=c.lower_is_better(),
         reference_texts=reference_text(n=cfg.n_reference, seed=0, max_words=cfg.reference_words),
         generation=cfg.generation, n_in_sample=cfg.n_in_sample, batch_size=cfg.batch_size,
         out_dir=args.out, seed=args.seed, progress=False,
@@ -54,9 +56,10 @@ def main() -> None:
     (args.out / "history.json").write_text(json.dumps(history, indent=1, default=str))
     converged = history.get("converged")
     sites_flag = f" --sites {args.sites}" if args.sites else ""
+    steps_flag = f" --steps {args.steps}" if args.steps else ""
     lines = [
-        f"# LinEAS at sites={args.sites!r}, preset={args.preset!r} ({args.concept}, seed {args.seed})",
-        f"Command: `python results/preset_screen/screen.py{sites_flag} --preset {args.preset}"
+        f"# LinEAS at sites={args.sites!r}, preset={args.preset!r}{steps_flag} ({args.concept}, seed {args.seed})",
+        f"Command: `python results/preset_screen/screen.py{sites_flag} --preset {args.preset}{steps_flag}"
         f" --concept {args.concept} --seed {args.seed} --out {args.out}`"
         f" ({time.perf_counter() - started:.0f} s, {args.threads} thread(s)).",
         "", f"Fit: {len(history.get('loss', []))} steps, converged: {converged} (loss curve in `history.json`).",

@@ -26,19 +26,20 @@ from lineas_tl.evaluate.frontier import frontier_summary
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent
 BUDGETS = (0.05, 0.10, 0.25)
+CANDIDATES = ("default", "paper_at_ln2", "paper300_at_ln2")  # folders of screen.py runs; the first is the library's default
 
 
 def runs(candidate: str, concept: str) -> dict[int, Path]:
-    """``{seed: comparison.csv}`` for one candidate and concept, the seeds found on disk."""
-    folder = {"default": HERE / "default", "paper_at_ln2": HERE / "paper_at_ln2"}[candidate]
+    """``{seed: comparison.csv}`` for one candidate and concept, the seeds found on disk (seed 0 of
+    the first two candidates on toxicity and sentiment lives where it was first written)."""
     seed0 = {
         ("default", "toxicity"): RESULTS / "toxicity",
         ("default", "sentiment"): RESULTS / "sentiment",
         ("paper_at_ln2", "toxicity"): HERE / "paper_at_ln2",
         ("paper_at_ln2", "sentiment"): HERE / "paper_at_ln2_sentiment",
-    }[(candidate, concept)]
-    found = {0: seed0 / "comparison.csv"}
-    for path in sorted(folder.glob(f"{concept}-seed*/comparison.csv")):
+    }.get((candidate, concept))
+    found = {0: seed0 / "comparison.csv"} if seed0 else {}
+    for path in sorted((HERE / candidate).glob(f"{concept}-seed*/comparison.csv")):
         found[int(path.parent.name.rsplit("seed", 1)[1])] = path
     return {s: p for s, p in found.items() if p.exists()}
 
@@ -75,9 +76,10 @@ def _fmt(p: dict[str, float]) -> str:
     return f"{p['mean']:.3f} (prompts [{p['prompts_lo']:.3f}, {p['prompts_hi']:.3f}]{seeds})"
 
 
-def report(concept: str, candidates: tuple[str, str] = ("default", "paper_at_ln2")) -> list[str]:
-    """The markdown section of one concept."""
+def report(concept: str, candidates: tuple[str, ...] = CANDIDATES) -> list[str]:
+    """The markdown section of one concept: every candidate with a run on disk, each paired with the first."""
     fronts = {c: {s: seed_frontier(p) for s, p in runs(c, concept).items()} for c in candidates}
+    fronts = {c: by_seed for c, by_seed in fronts.items() if by_seed}
     lines = [f"## {concept}", "", "Per seed (best score within the budget [95% over prompts] @ strength; unsteered):", "",
              "| candidate | seed | unsteered | " + " | ".join(f"≤ +{b:.0%}" for b in BUDGETS) + " |",
              "|---|---|---|" + "---|" * len(BUDGETS)]
@@ -92,9 +94,11 @@ def report(concept: str, candidates: tuple[str, str] = ("default", "paper_at_ln2
         cells = [_fmt(pooled([f.loc[b, "score"] for f in by_seed.values()], [half_width(f, b) for f in by_seed.values()]))
                  for b in BUDGETS]
         lines.append(f"| {c} | {', '.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
-    shared = sorted(set.intersection(*(set(v) for v in fronts.values())))
-    if len(shared) > 1:
-        a, b_ = candidates
+    a = candidates[0]
+    for b_ in [c for c in fronts if c != a and a in fronts]:
+        shared = sorted(set(fronts[a]) & set(fronts[b_]))
+        if not shared:
+            continue
         cells = []
         for b in BUDGETS:
             diffs = [fronts[a][s].loc[b, "score"] - fronts[b_][s].loc[b, "score"] for s in shared]
@@ -108,7 +112,7 @@ def report(concept: str, candidates: tuple[str, str] = ("default", "paper_at_ln2
 
 def main() -> None:
     lines = ["# The preset screen pooled over seeds", "", "Command: `python results/preset_screen/seeds.py`.", ""]
-    for concept in ("toxicity", "sentiment"):
+    for concept in ("toxicity", "sentiment", "style"):
         lines += report(concept)
     (HERE / "SEEDS.md").write_text("\n".join(lines))
     print("\n".join(lines))
