@@ -66,12 +66,14 @@ def concept_section(shared_dir: Path, full_dir: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=HERE / "shared_hard")
-    ap.add_argument("--full", type=Path, default=HERE / "full")
+    ap.add_argument("--full", default=str(HERE / "full" / "{concept}"),
+                    help="the folder of each concept's plain (and per-site gated) rows; {concept} is replaced")
     args = ap.parse_args()
+    command = " ".join(f"{k} {v}" for k, v in (("--root", args.root), ("--full", args.full)) if v != ap.get_default(k[2:]))
     lines = ["# One 0/1 gate per prompt for every site, against the per-site gate and no gate", "",
-             "`python results/gate/shared_summary.py` from the runs of `run_gate_results.py`.", ""]  # fmt: skip
+             f"`python results/gate/shared_summary.py {command}`".replace(" `", "`") + " from the runs of `run_gate_results.py`.", ""]  # fmt: skip
     for folder in sorted(p.parent for p in args.root.glob("*/comparison.csv")):
-        lines += concept_section(folder, args.full / folder.name)
+        lines += concept_section(folder, Path(args.full.format(concept=folder.name)).resolve())
     (args.root / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
