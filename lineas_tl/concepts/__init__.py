@@ -6,6 +6,7 @@ Example:
     >>> source, target = c.split(n_fit=32, seed=0)   # fit sets, disjoint from c.eval_prompts
     >>> chat_source, chat_target = c.chat_split(n_fit=32, seed=0)   # the same, as user turns
     >>> scores = c.scorer(["have a nice day", "shut up, moron"])  # higher = more of the concept
+    >>> ranked = c.lower_is_better()   # the judge as compare ranks it (1 - scorer for style)
 
 | concept | source -> target | score | goal |
 |---|---|---|---|
