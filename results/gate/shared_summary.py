@@ -69,9 +69,10 @@ def main() -> None:
     ap.add_argument("--full", default=str(HERE / "full" / "{concept}"),
                     help="the folder of each concept's plain (and per-site gated) rows; {concept} is replaced")
     args = ap.parse_args()
-    command = " ".join(f"{k} {v}" for k, v in (("--root", args.root), ("--full", args.full)) if v != ap.get_default(k[2:]))
+    flags = [f"--{k} {v}" for k, v in (("root", args.root), ("full", args.full)) if v != ap.get_default(k)]
+    command = " ".join(["python results/gate/shared_summary.py", *flags])
     lines = ["# One 0/1 gate per prompt for every site, against the per-site gate and no gate", "",
-             f"`python results/gate/shared_summary.py {command}`".replace(" `", "`") + " from the runs of `run_gate_results.py`.", ""]  # fmt: skip
+             f"`{command}` from the runs of `run_gate_results.py`.", ""]  # fmt: skip
     for folder in sorted(p.parent for p in args.root.glob("*/comparison.csv")):
         lines += concept_section(folder, Path(args.full.format(concept=folder.name)).resolve())
     (args.root / "RESULTS.md").write_text("\n".join(lines) + "\n")
