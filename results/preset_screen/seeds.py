@@ -95,8 +95,8 @@ def report(concept: str, candidates: tuple[str, ...] = CANDIDATES) -> list[str]:
                  for b in BUDGETS]
         lines.append(f"| {c} | {', '.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
     a = candidates[0]
-    for b_ in [c for c in fronts if c != a and a in fronts]:
-        shared = sorted(set(fronts[a]) & set(fronts[b_]))
+    others = [c for c in fronts if c != a] if a in fronts else []
+    for b_, shared in ((c, sorted(set(fronts[a]) & set(fronts[c]))) for c in others):
         if not shared:
             continue
         cells = []
