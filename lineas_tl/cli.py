@@ -360,6 +360,9 @@ def demo(
         float | None,
         typer.Option(help="Minutes: cut the strength sweep short (coarse strengths first) to end in time."),
     ] = None,
+    sites: Annotated[
+        str | None, typer.Option(help="Site preset for the methods (paper, outputs, norms); default: the model's.")
+    ] = None,
 ) -> None:
     """Run the embedded end-to-end demo: fit every method on the default model and compare them."""
     try:
@@ -368,7 +371,7 @@ def demo(
         raise CLIError(f"the demo is not available in this installation ({err})") from err
     if quick and full:
         raise CLIError("--quick and --full exclude each other")
-    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick, "full": full, "seed": seed}
+    kwargs: dict[str, Any] = {"model": model, "concept": concept, "quick": quick, "full": full, "seed": seed, "sites": sites}
     if steps is not None:
         kwargs["steps"] = steps
     if out is not None:

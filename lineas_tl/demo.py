@@ -92,12 +92,15 @@ def main(
     full: bool = False,
     config: DemoConfig | None = None,
     time_limit: float | None = None,
+    sites: str | None = None,
 ) -> Any:
     """Run the comparison, print the frontier summary, write the table, plot and RESULTS.md.
 
     ``config`` overrides the size chosen by ``quick`` / ``full``; ``steps`` overrides its LinEAS
     steps. ``time_limit`` (seconds) cuts the strength sweep short, coarse strengths first (see
-    ``max_seconds`` of :func:`lineas_tl.evaluate.compare`). Returns the table of
+    ``max_seconds`` of :func:`lineas_tl.evaluate.compare`). ``sites``: a site preset for every
+    method but ITI-c and ActAdd, which choose their own (default: the model's default sites; before
+    issue 18 ``"outputs"``). Returns the table of
     :func:`lineas_tl.evaluate.compare`.
     """
     from lineas_tl import models
@@ -138,6 +141,7 @@ def main(
         out_dir=out,
         seed=seed,
         max_seconds=time_limit,
+        sites=sites,
     )
     seconds = time.perf_counter() - started
     frontier = format_frontier(table.attrs["frontier"])

@@ -17,16 +17,21 @@ so wherever it sits next to a linear layer :math:`y = W x + c` it can be written
 - on the layer's **input** (``attn.hook_z`` = ``attn.o.hook_in``, ``mlp.out.hook_in``):
   :math:`W(\omega' \odot x + b') + c = (W \operatorname{diag}\omega') x + (W b' + c)`, i.e. scale
   the columns and add :math:`W b'` to the bias (so ITI's head shifts fold into :math:`b_O`);
+- on the input of **every** linear layer that reads a sublayer's input, each as above: the output
+  of a pre-LN block's norm, ``blocks.L.ln2.hook_out`` (= ``blocks.L.mlp.hook_in``; the LinEAS
+  paper's site), into ``gate_proj`` and ``up_proj`` (GPT-2: ``c_fc``), and ``blocks.L.ln1.hook_out``
+  (= ``blocks.L.attn.hook_in``) into ``q_proj``, ``k_proj``, ``v_proj`` (GPT-2: ``c_attn``);
 - a pure **shift** (:math:`\omega = 1`, e.g. ActAdd) on the residual stream between blocks
   (``blocks.L.hook_resid_pre`` = ``blocks.L-1.hook_resid_post``, :math:`L \ge 1`): the residual
   there is ``resid_mid + mlp_out`` of block :math:`L-1`, so the shift goes into that block's MLP
   down-projection bias.
 
 Both ``torch.nn.Linear`` (weight ``[out, in]``) and Hugging Face's ``Conv1D`` (GPT-2; weight
-``[in, out]``) are handled. A layer without a bias (Llama's ``o_proj`` and ``down_proj``) gets a
+``[in, out]``) are handled. A layer without a bias (Llama's projections) gets a
 bias ``Parameter`` only when the folded bias is non-zero; :meth:`FoldHandle.undo` removes it again.
-Sites anywhere else (after a nonlinearity or a norm, the residual stream, ...) cannot be folded
-exactly: :func:`fold` refuses them with the list. Token-position-restricted steering
+Sites anywhere else (after a nonlinearity, a post-sublayer norm such as Gemma-2's ``ln1_post``,
+which writes to the residual stream, a norm's ``hook_normalized``, ...) cannot be folded exactly:
+:func:`fold` refuses them with the list. Token-position-restricted steering
 (``positions="prompt"``) cannot be folded either: weights act on every position; nor can maps that
 carry their own restriction (a support range, front positions only; see :func:`map_refusal`).
 Where each site folds is decided in :mod:`lineas_tl.fold_sites`; writing a folded model to disk
@@ -51,7 +56,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from lineas_tl.fold_sites import FoldTarget, fold_plan, fold_target, is_conv1d, unfoldable_sites
+from lineas_tl.fold_sites import FoldTarget, fold_order, fold_plan, fold_target, is_conv1d, unfoldable_sites
 from lineas_tl.maps import AffineMap
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "effective_affine",
     "fold",
     "fold_maps",
+    "fold_order",
     "fold_plan",
     "folded",
     "map_refusal",
@@ -201,15 +207,11 @@ def fold_maps(
         listing = "; ".join(f"{s} ({why})" for s, why in bad.items())
         raise FoldError(
             f"cannot fold exactly into the weights at {len(bad)} site(s): {listing}. Only maps on the "
-            "input or output of a linear layer fold (e.g. blocks.L.hook_attn_out, blocks.L.hook_mlp_out, "
-            "blocks.L.attn.hook_z), and shifts on the residual stream after block 0; steer these sites "
-            "with hooks instead (steerer.steer())."
+            "input or output of linear layers fold (e.g. blocks.L.hook_attn_out, blocks.L.hook_mlp_out, "
+            "blocks.L.attn.hook_z, blocks.L.ln2.hook_out), and shifts on the residual stream after "
+            "block 0; steer these sites with hooks instead (steerer.steer())."
         )
-    order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
-    ordered = sorted(
-        (t for t in targets.values() if not isinstance(t, str)),
-        key=lambda t: (order.get(id(t.linear), 0), t.stage),
-    )
+    ordered = fold_order(model, [t for t in targets.values() if not isinstance(t, str)])
     scaled = [t.site for t in ordered if t.shift_only and bool((active[t.site].weight != 1).any())]
     if scaled:
         raise FoldError(
@@ -222,7 +224,8 @@ def fold_maps(
         with torch.no_grad():
             for t in ordered:
                 omega, shift = effective_affine(active[t.site], float(per_site[t.site]), inverse)
-                _fold_one(t, omega, shift, handle, seen)
+                for lin in t.linears:
+                    _fold_one(t, lin, omega, shift, handle, seen)
     except BaseException:
         _restore(handle)
         raise
@@ -239,8 +242,9 @@ def _save_once(handle: FoldHandle, seen: set[tuple[int, str]], module: nn.Module
     handle._saved.append((module, name, None if p is None else p.detach().clone()))
 
 
-def _fold_one(t: FoldTarget, omega: Tensor, shift: Tensor, handle: FoldHandle, seen: set[tuple[int, str]]) -> None:
-    lin = t.linear
+def _fold_one(
+    t: FoldTarget, lin: nn.Module, omega: Tensor, shift: Tensor, handle: FoldHandle, seen: set[tuple[int, str]]
+) -> None:
     weight: Tensor = lin.weight
     conv = is_conv1d(lin)
     w64 = weight.detach().double()
@@ -308,7 +312,8 @@ def fold(
     its ``undo()`` to restore the exact original weights. Do not also activate the same steerer's
     hooks while it is folded (that would apply it twice). Folding several steerers one after the
     other composes like entering their ``steer()`` contexts in the same order, except where two of
-    them share an input site (``hook_z``, ``mlp.hook_post``): there the later fold acts first.
+    them share an input site (``hook_z``, ``mlp.hook_post``, ``ln2.hook_out``): there the later fold
+    acts first.
 
     Args:
         steerer: a fitted steerer.

@@ -130,15 +130,18 @@ def has_post_norms(model: Any) -> bool:
 def default_sites(model: Any) -> list[str]:
     """The default steering sites of ``model``.
 
-    A model may define ``default_steering_sites()`` (the diffusers adapter does: every normalisation
-    layer). A model with post-sublayer norms (Gemma-2/3) gets the paper's sites, the outputs of its
-    post-attention and post-MLP norms (``"norms"``). Any other model gets every block's attention
-    output and MLP output (``"outputs"``): in a pre-LN model, what the paper's post-norms would
-    write to the residual stream.
+    The paper's sites (:func:`paper_sites`), where the library's default fit was chosen on held-out
+    prompts (issue 18, ``results/preset_screen/``): ``blocks.L.ln2.hook_out`` in a pre-LN model,
+    both post norms in Gemma-2/3; a model may define ``default_steering_sites()`` (the diffusers
+    adapter does: every normalisation layer). A model without those norms gets every block's
+    attention output and MLP output (``"outputs"``, the default before issue 18).
     """
     if hasattr(model, "default_steering_sites"):
         return resolve_sites(model, list(model.default_steering_sites()))
-    return preset_sites(model, "norms" if has_post_norms(model) else "outputs")
+    try:
+        return paper_sites(model)
+    except ValueError:
+        return preset_sites(model, "outputs")
 
 
 def resolve_sites(model: Any, sites: SiteSpec = None) -> list[str]:

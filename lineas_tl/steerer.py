@@ -41,11 +41,11 @@ class HookedSteerer:
             :class:`lineas_tl.diffusers.HookedPipeline`. Its weights are never modified (except by
             :meth:`fold`, on request).
         sites: where maps go: hook names or aliases, a regex, a callable on names, or a preset
-            (``"outputs"``, ``"norms"``; see :func:`lineas_tl.sites.preset_sites`). Default
-            (:func:`lineas_tl.sites.default_sites`): in a model with post-sublayer norms (Gemma-2/3)
-            the paper's sites, ``blocks.L.ln1_post.hook_out`` and ``blocks.L.ln2_post.hook_out``; in a
-            pre-LN model (GPT-2, Llama, SmolLM2) every block's ``hook_attn_out`` and ``hook_mlp_out``,
-            what those norms would write to the residual stream; in a UNet every normalisation layer.
+            (``"paper"``, ``"outputs"``, ``"norms"``; see :func:`lineas_tl.sites.preset_sites`).
+            Default (:func:`lineas_tl.sites.default_sites`): the paper's sites, chosen on held-out
+            prompts (issue 18): in a pre-LN model (GPT-2, Llama, SmolLM2) ``blocks.L.ln2.hook_out``,
+            what the MLP reads; in Gemma-2/3 both post norms; in a UNet every normalisation layer;
+            ``"outputs"`` (``hook_attn_out``, ``hook_mlp_out``) in a model without those norms.
         pooling: how a site's activation becomes one vector per prompt when fitting: ``"mean"`` over
             real tokens (the paper's choice), ``"last"`` token, or ``"all"`` tokens.
         pool_bos: keep a leading BOS token in the pooling (default: left out; it is identical for

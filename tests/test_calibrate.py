@@ -34,7 +34,7 @@ def test_search_finds_the_first_crossing_by_grid_then_bisection() -> None:
 @pytest.fixture
 def fitted(llama_model, text_sets) -> HookedSteerer:
     source, target = text_sets["source"][:16], text_sets["target"][:16]
-    return HookedSteerer(llama_model).fit(source, target, method="mean_act", progress=False)
+    return HookedSteerer(llama_model, "outputs").fit(source, target, method="mean_act", progress=False)
 
 
 def test_calibrated_strength_keeps_perplexity_within_the_budget(fitted) -> None:

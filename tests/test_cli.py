@@ -55,7 +55,7 @@ def saved_steerer(tmp_path_factory, gpt2_dir) -> Path:
         "--steps", 3, "--seed", 1, "-p", "lr=0.05", "--out", out, "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
-    assert "saved lineas steerer (6 sites" in result.stdout and str(out) in result.stdout
+    assert "saved lineas steerer (3 sites" in result.stdout  # ln2.hook_out of each block and str(out) in result.stdout
     return out
 
 
@@ -68,7 +68,7 @@ def test_fit_writes_a_loadable_steerer(saved_steerer, gpt2_dir):
     assert {"lr": 0.05, "steps": 3, "seed": 1, "gamma": 0.0}.items() <= meta["hparams"].items()  # defaults too
     assert meta["model"]["name"] == str(Path(gpt2_dir).resolve())
     steerer = HookedSteerer.load(saved_steerer, load(str(gpt2_dir)))
-    assert len(steerer.maps_) == 6
+    assert len(steerer.maps_) == 3
 
 
 def test_fit_with_control_and_gate_saves_a_gated_steerer(prompt_files, gpt2_dir, tmp_path):
@@ -158,8 +158,8 @@ def test_compare_tabulates_methods(gpt2_dir, prompt_files, tmp_path):
 def test_info_describes_the_steerer(saved_steerer):
     result = invoke("info", "--steerer", saved_steerer)
     assert result.exit_code == 0, result.output
-    assert "method:      lineas" in result.stdout and "6 sites" in result.stdout
-    assert "blocks.0.attn.hook_out  affine (32,)" in result.stdout
+    assert "method:      lineas" in result.stdout and "3 sites" in result.stdout
+    assert "blocks.0.ln2.hook_out  affine (32,)" in result.stdout
     assert '"gamma": 0.0' in result.stdout and "chat_pool=user" in result.stdout  # defaults recorded
     old = invoke("info", saved_steerer)  # the positional form: deprecated, still works
     assert old.exit_code == 0 and old.stdout == result.stdout and "--steerer DIR" in old.stderr

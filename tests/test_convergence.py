@@ -1,4 +1,4 @@
-"""The default LinEAS fit converges: it reaches the paper recipe's loss in a quarter of its steps.
+"""The fast LinEAS preset converges: it reaches the paper recipe's loss in a quarter of its steps.
 
 Losses and step counts are asserted, never wall time (that is in benchmarks/bench_convergence.py).
 """
@@ -11,7 +11,7 @@ import torch
 from conftest import boot, native
 from lineas_tl import HookedSteerer, collect_activations, global_loss
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau
-from lineas_tl.sites import preset_sites, resolve_sites
+from lineas_tl.sites import paper_sites, preset_sites, resolve_sites
 from test_lineas import marked_prompts, plant_embedding_shift
 
 
@@ -35,16 +35,17 @@ def planted(massive: bool = False):
     return model
 
 
-def fit_both(model, source, target):
+def fit_both(model, source, target, sites="outputs"):
+    """The authors' yaml recipe and the fast preset, at the sublayer outputs (default) or ``sites``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)
-        paper = HookedSteerer(model).fit(source, target, preset="authors_yaml", progress=False).history_
-    default = HookedSteerer(model).fit(source, target, progress=False).history_
-    return paper, default
+        paper = HookedSteerer(model, sites).fit(source, target, preset="authors_yaml", progress=False).history_
+    fast = HookedSteerer(model, sites).fit(source, target, preset="fast", progress=False).history_
+    return paper, fast
 
 
 @pytest.mark.parametrize("massive", [False, True], ids=["plain", "massive"])
-def test_default_reaches_the_paper_loss_in_a_quarter_of_its_steps(one_thread, massive):
+def test_fast_preset_reaches_the_paper_loss_in_a_quarter_of_its_steps(one_thread, massive):
     model = planted(massive)
     paper, default = fit_both(model, marked_prompts(32, 1, 1), marked_prompts(32, 2, 2))
     print(f"paper {paper['steps']} steps -> {paper['final_loss']:.4g}; default {default['steps']} -> {default['final_loss']:.4g}")
@@ -56,14 +57,14 @@ def test_default_reaches_the_paper_loss_in_a_quarter_of_its_steps(one_thread, ma
 
 
 def test_default_converges_on_gemma_post_norm_sites(one_thread, gemma_dir, text_sets):
-    model = boot(gemma_dir)
-    paper, default = fit_both(model, text_sets["source"][:32], text_sets["target"][:32])
+    model = boot(gemma_dir)  # its default sites, the post norms, get the fast preset from "auto"
+    paper, default = fit_both(model, text_sets["source"][:32], text_sets["target"][:32], sites=None)
     print(f"paper {paper['steps']} steps -> {paper['final_loss']:.4g}; default {default['steps']} -> {default['final_loss']:.4g}")
     assert default["converged"] and default["steps"] <= paper["steps"] // 4
     assert default["final_loss"] <= 1.1 * paper["final_loss"]
 
 
-def test_precision_changes_the_maps_not_the_loss_the_default_fit_reaches(one_thread, llama_dir, text_sets):
+def test_precision_changes_the_maps_not_the_loss_the_fast_fit_reaches(one_thread, llama_dir, text_sets):
     """float32 and float64 take different first steps from the warm start (bias gradients at rounding
     level, Adam's step about lr whatever their size) and stop at maps about 7% apart (relative L2 of
     the deviations from identity; 13% from the identity start): the loss is flat along some
@@ -71,7 +72,7 @@ def test_precision_changes_the_maps_not_the_loss_the_default_fit_reaches(one_thr
     src, tgt = text_sets["source"][:32], text_sets["target"][:32]
     finals = []
     for dtype in (torch.float32, torch.float64):
-        steerer = HookedSteerer(boot(llama_dir).to(dtype)).fit(src, tgt, progress=False)
+        steerer = HookedSteerer(boot(llama_dir).to(dtype), "outputs").fit(src, tgt, progress=False)
         assert steerer.history_["converged"]
         finals.append(float(steerer.history_["loss"][-1]))
     assert abs(finals[0] - finals[1]) < 0.005 * finals[1]
@@ -81,9 +82,8 @@ def test_gemma_default_sites_are_the_papers_post_norms(gemma_model, llama_model)
     sites = HookedSteerer(gemma_model).sites
     assert sites[:2] == ["blocks.0.ln1_post.hook_out", "blocks.0.ln2_post.hook_out"]
     assert len(sites) == 2 * gemma_model.cfg.n_layers
-    # a pre-LN model keeps the sublayer outputs by default; "norms" names its pre-sublayer norms
-    outputs = resolve_sites(llama_model, ["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"])
-    assert HookedSteerer(llama_model).sites[:2] == outputs
+    # a pre-LN model gets the paper's ln2 outputs by default; "norms" names both pre-sublayer norms
+    assert HookedSteerer(llama_model).sites == paper_sites(llama_model)
     norms = resolve_sites(llama_model, ["blocks.0.ln1.hook_out", "blocks.0.ln2.hook_out"])
     assert preset_sites(llama_model, "norms")[:2] == norms
     assert HookedSteerer(llama_model, sites="norms").sites == preset_sites(llama_model, "norms")
@@ -142,8 +142,8 @@ def test_standardised_shift_is_only_a_reparametrisation(native_model):
 
 def test_standardised_omega_and_warmup_options(native_model):
     source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
-    s = HookedSteerer(native_model).fit(source, target, standardize="both", warmup=5, steps=30, gamma=1e-3,
-                                        progress=False, warn=False)
+    s = HookedSteerer(native_model).fit(source, target, preset="fast", standardize="both", warmup=5, steps=30,
+                                        gamma=1e-3, progress=False, warn=False)
     h = s.history_
     assert h["lr"][:5] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3, 1e-2])
     assert h["final_loss"] < h["identity_loss"]

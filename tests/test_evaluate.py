@@ -102,8 +102,8 @@ def test_compare_skips_scoring_beyond_the_perplexity_cap(gpt2_model, text_sets) 
     table = compare(
         gpt2_model, source, target, methods=["mean_act"], strengths=(1.0,), extra_strengths=(50.0,),
         scorer=vowel_scorer, reference_texts=REFERENCE_TEXTS[:3], generation=GenerationConfig.greedy(3),
-        max_scored_ppl_increase=0.0, progress=False,
-    )  # fmt: skip
+        max_scored_ppl_increase=0.0, sites="outputs", progress=False,
+    )  # fmt: skip  (at the outputs, strength 50 is sure to raise the perplexity)
     rows = table[table["method"] == "mean_act"].set_index("strength")
     assert rows.loc[0.0, "scored"] and rows.loc[0.0, "score_in"] == rows.loc[0.0, "score_in"]
     beyond = rows[rows["perplexity"] > rows.loc[0.0, "perplexity"]]

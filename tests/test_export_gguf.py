@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_fold import manual
+from test_fold import PAPER_SITES, manual
 
 from lineas_tl import models
 from lineas_tl.export import ExportError
-from lineas_tl.export.gguf_from_hf import write_llama_gguf
+from lineas_tl.export.gguf_from_hf import rotary_rows, write_llama_gguf
 from lineas_tl.fold import FoldError
 
 gguf = pytest.importorskip("gguf")
@@ -110,10 +110,51 @@ def test_folded_tensors_equal_the_in_memory_fold(tiny_gguf, tiny_q8, tmp_path, s
     assert sorted(dq) == (sorted(folded) if source == "q8_0" else [])
 
 
-def test_exported_gguf_reloads_and_computes_the_steered_model(tiny_gguf, tmp_path):
+# Input-side folds at norm outputs: (site, GGUF projections it folds into, Hugging Face module).
+NORM_FOLDS = {
+    "blocks.0.ln1.hook_out": [("blk.0.attn_q", "self_attn.q_proj"), ("blk.0.attn_k", "self_attn.k_proj"),
+                              ("blk.0.attn_v", "self_attn.v_proj")],
+    "blocks.1.ln2.hook_out": [("blk.1.ffn_gate", "mlp.gate_proj"), ("blk.1.ffn_up", "mlp.up_proj")],
+    "blocks.2.mlp.hook_in": [("blk.2.ffn_gate", "mlp.gate_proj"), ("blk.2.ffn_up", "mlp.up_proj")],
+}
+
+
+@pytest.mark.parametrize("source", ["f32", "q8_0"])
+def test_norm_output_maps_fold_into_the_input_projections(tiny_gguf, tiny_q8, tmp_path, source):
+    """ln2.hook_out (the paper's site) scales the columns of ffn_gate and ffn_up and adds their new
+    biases; ln1.hook_out those of attn_q/k/v (q, k in llama.cpp's rotary row order)."""
+    src = tiny_gguf if source == "f32" else tiny_q8
+    model = load(src, tmp_path)
+    steerer = manual(model, list(NORM_FOLDS))
+    out = steerer.export(tmp_path / "steered.gguf", format="gguf", strength=0.7)
+    got, orig = tensors(out), tensors(src)
+    heads = {"attn_q": 4, "attn_k": 2}  # the tiny Llama's query and key-value heads
+    folded = set()
+    with steerer.fold(0.7):
+        for base, proj in (pair for pairs in NORM_FOLDS.values() for pair in pairs):
+            lin = model.original_model.get_submodule(f"model.layers.{base.split('.')[1]}.{proj}")
+            weight, bias = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+            if (n := heads.get(base.rpartition(".")[2])) is not None:
+                weight, bias = rotary_rows(weight, n), rotary_rows(bias, n)
+            np.testing.assert_allclose(dequant(out, f"{base}.weight"), weight, atol=1e-5)
+            np.testing.assert_allclose(dequant(out, f"{base}.bias"), bias, atol=1e-5)
+            assert got[f"{base}.weight"][0] == "F32" and got[f"{base}.bias"][0] == "F32"
+            folded.add(f"{base}.weight")
+    for name, (kind, data) in orig.items():  # everything not folded is byte-for-byte the source's
+        if name not in folded:
+            assert got[name][0] == kind and np.array_equal(got[name][1], data), name
+    assert set(got) - set(orig) == {w.replace(".weight", ".bias") for w in folded}
+    fields = gguf.GGUFReader(out).fields
+    dq = fields["lineas_tl.dequantised_tensors"].contents() if "lineas_tl.dequantised_tensors" in fields else []
+    assert sorted(dq) == (sorted(folded) if source == "q8_0" else [])
+
+
+@pytest.mark.parametrize("sites", [["blocks.0.hook_attn_out", "blocks.2.hook_mlp_out"],
+                                   ["blocks.0.ln1.hook_out", *PAPER_SITES]])
+def test_exported_gguf_reloads_and_computes_the_steered_model(tiny_gguf, tmp_path, sites):
     """Scale-only maps (no bias) reload through transformers' own GGUF reader: same logits as hooked."""
     model = load(tiny_gguf, tmp_path)
-    steerer = manual(model, ["blocks.0.hook_attn_out", "blocks.2.hook_mlp_out"])
+    steerer = manual(model, sites)
     for m in steerer.maps_.values():
         m.bias.data.zero_()
     out = steerer.export(tmp_path / "scaled.gguf", strength=0.9)

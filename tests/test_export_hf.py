@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_fold import MIXED_SITES, TOKENS, assert_same_weights, manual, snapshot
+from test_fold import MIXED_SITES, PAPER_SITES, TOKENS, assert_same_weights, manual, snapshot
 
 from lineas_tl.export.hf import RECORD_FILE, save_folded
 
@@ -45,6 +45,32 @@ def test_llama_bias_switches_and_what_they_add(llama_model, tmp_path):
                  layer.mlp.up_proj):
         assert proj.bias is not None and not proj.bias.any()
     assert layer.self_attn.o_proj.bias.abs().max() > 0
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_norm_output_maps_export_folded_into_the_input_projections(hf_model, tmp_path, strength):
+    """The paper's ln2.hook_out (and ln1.hook_out): gate/up (c_fc), q/k/v (c_attn) carry the fold."""
+    from transformers import AutoModelForCausalLM
+
+    steerer = manual(hf_model, PAPER_SITES + ["blocks.0.ln1.hook_out"])
+    before = snapshot(hf_model)
+    path = steerer.export(tmp_path / "m", format="hf", strength=strength)
+    assert_same_weights(before, hf_model)
+    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        with steerer.steer(strength):
+            hooked = hf_model(TOKENS)
+        got = reloaded(TOKENS).logits
+        assert (hooked - hf_model(TOKENS)).abs().max() > 1e-2
+    assert (got - hooked).abs().max() <= 1e-4
+    config = json.loads((path / "config.json").read_text())
+    if config["model_type"] == "llama":
+        assert config["mlp_bias"] is True and config["attention_bias"] is True
+        mlp, attn = reloaded.model.layers[1].mlp, reloaded.model.layers[0].self_attn
+        for proj in (mlp.gate_proj, mlp.up_proj, attn.q_proj, attn.k_proj, attn.v_proj):
+            assert proj.bias.abs().max() > 0
+        for proj in (mlp.down_proj, attn.o_proj, reloaded.model.layers[0].mlp.down_proj):
+            assert not proj.bias.any()  # the switch's other biases: exact zeros
 
 
 def test_calibrated_strength(llama_model, tmp_path):

@@ -56,11 +56,19 @@ def test_plain_tiny_gguf_matches_the_bridge(tiny):
     assert np.abs(got - ref).max() <= 1e-2
 
 
-def test_folded_gguf_is_exact_in_llama_cpp(tiny, tmp_path):
+@pytest.mark.parametrize(
+    "sites",
+    [
+        ["blocks.0.attn.hook_z", "blocks.0.hook_attn_out", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out",
+         "blocks.2.hook_mlp_out"],
+        # the paper's sites (ffn_gate/ffn_up columns and biases), and ln1 (attn_q/k/v)
+        ["blocks.0.ln2.hook_out", "blocks.1.ln2.hook_out", "blocks.2.ln2.hook_out", "blocks.1.ln1.hook_out"],
+    ],
+    ids=["projections", "norm-outputs"],
+)
+def test_folded_gguf_is_exact_in_llama_cpp(tiny, tmp_path, sites):
     """Affine maps at every kind of foldable site, and shifts: llama.cpp computes the hooked model."""
     model, path = tiny
-    sites = ["blocks.0.attn.hook_z", "blocks.0.hook_attn_out", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out",
-             "blocks.2.hook_mlp_out"]
     steerer = manual(model, sites)
     out = steerer.export(tmp_path / "steered.gguf", format="gguf", strength=0.7, source=path)
     with torch.no_grad():

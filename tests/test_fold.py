@@ -9,6 +9,7 @@ from lineas_tl import AffineMap, HookedSteerer
 from lineas_tl import fold as lfold
 from lineas_tl.collect import pooled_forward
 from lineas_tl.fold import FoldError, fold_plan, folded, unfoldable_sites
+from lineas_tl.sites import paper_sites
 
 TOKENS = torch.tensor([[5, 17, 3, 42, 8, 99, 23, 64], [1, 2, 3, 4, 5, 6, 7, 8]])
 # Every kind of foldable site: module outputs (default sites), the projection's own output, and the
@@ -89,6 +90,78 @@ def test_inputs_and_outputs_of_projections_fold(hf_model):
     assert_same_weights(before, hf_model)
 
 
+PAPER_SITES = [f"blocks.{i}.ln2.hook_out" for i in range(3)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "native"])
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_norm_outputs_fold_into_the_mlp_input_projections(request, arch, strength):
+    """The paper's sites in a pre-LN model: each map folds into the input of every MLP projection
+    that reads the norm's output (gate_proj and up_proj; GPT-2's c_fc), biases created and removed."""
+    model = request.getfixturevalue(f"{arch}_model")
+    steerer = manual(model, PAPER_SITES)
+    expected = {"llama": "input of gate_proj and up_proj (Linear)", "gpt2": "input of c_fc (Conv1D)",
+                "native": "input of fc_in (Linear)"}[arch]
+    assert fold_plan(model, paper_sites(model)) == {s: expected for s in PAPER_SITES}
+    before = snapshot(model)
+    with torch.no_grad():
+        unsteered = model(TOKENS)
+        with steerer.steer(strength):
+            hooked = model(TOKENS)
+        with steerer.fold(strength) as handle:
+            got = model(TOKENS)
+            if arch == "llama":
+                mlp = model.original_model.model.layers[1].mlp
+                assert mlp.gate_proj.bias.abs().max() > 0 and mlp.up_proj.bias.abs().max() > 0
+                assert mlp.down_proj.bias is None  # an input-side fold writes only the readers' biases
+    assert (hooked - unsteered).abs().max() > 1e-2
+    assert (got - hooked).abs().max() <= 1e-5
+    assert handle.sites == PAPER_SITES
+    assert_same_weights(before, model)  # bit for bit, and the created gate/up biases are gone
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS), unsteered)
+
+
+def test_sublayer_inputs_compose_with_the_projections_own_sites(hf_model):
+    """ln1.hook_out (q, k, v; GPT-2: the fused c_attn) and ln2.hook_out together with the same tensor's
+    other hook points (mlp.hook_in, the projection's own hook_in) and an output site: folded in the
+    order the hooks run."""
+    arch = type(hf_model.original_model).__name__
+    sites = ["blocks.0.ln1.hook_out", "blocks.0.attn.hook_in", "blocks.1.ln2.hook_out", "blocks.1.mlp.hook_in",
+             "blocks.1.mlp.in.hook_in", "blocks.1.hook_mlp_out"]
+    sites += ["blocks.1.mlp.gate.hook_in"] if "Llama" in arch else ["blocks.0.attn.q.hook_in"]
+    steerer = manual(hf_model, sites, seed=5)
+    plan = fold_plan(hf_model, ["blocks.0.ln1.hook_out"])["blocks.0.ln1.hook_out"]
+    assert plan == ("input of q_proj, k_proj and v_proj (Linear)" if "Llama" in arch else "input of c_attn (Conv1D)")
+    before = snapshot(hf_model)
+    for strength, inverse in [(0.9, False), (0.6, True)]:
+        with torch.no_grad():
+            with steerer.steer(strength, inverse=inverse):
+                hooked = hf_model(TOKENS)
+            with folded(steerer, strength, inverse=inverse):
+                got = hf_model(TOKENS)
+        assert (got - hooked).abs().max() <= 1e-5
+        assert_same_weights(before, hf_model)
+
+
+def test_post_norms_stay_unfoldable_with_their_reason(gemma_model):
+    """Gemma-2's post norms (the paper's sites there) write to the residual stream; its pre-MLP norm folds."""
+    reasons = unfoldable_sites(gemma_model, paper_sites(gemma_model))
+    assert len(reasons) == 6 and all("post-sublayer norm" in why for why in reasons.values())
+    steerer = manual(gemma_model, ["blocks.1.ln2_post.hook_out", "blocks.1.ln2.hook_out"])
+    before = snapshot(gemma_model)
+    with pytest.raises(FoldError, match=r"blocks\.1\.ln2_post\.hook_out \(the output of a post-sublayer norm"):
+        steerer.fold()
+    assert_same_weights(before, gemma_model)
+    with torch.no_grad():
+        with steerer.steer({"blocks.1.ln2.hook_out": 1.0}):
+            hooked = gemma_model(TOKENS)
+        with steerer.fold({"blocks.1.ln2.hook_out": 1.0}):
+            got = gemma_model(TOKENS)
+    assert (got - hooked).abs().max() <= 1e-5
+    assert_same_weights(before, gemma_model)
+
+
 def test_folded_generation_matches_hooked_generation(hf_model):
     steerer = manual(hf_model)
     kw = dict(max_new_tokens=5, return_type="tokens", stop_at_eos=False)
@@ -101,7 +174,7 @@ def test_folded_generation_matches_hooked_generation(hf_model):
 
 
 def test_per_site_strength_folds_only_those_sites(native_model):
-    steerer = manual(native_model, seed=3)
+    steerer = manual(native_model, "outputs", seed=3)
     strengths = {"blocks.1.hook_attn_out": 1.0, "blocks.2.hook_mlp_out": 0.4}
     with torch.no_grad():
         with steerer.steer(strengths):
@@ -113,7 +186,7 @@ def test_per_site_strength_folds_only_those_sites(native_model):
 
 
 def test_missing_bias_is_created_then_removed(llama_model):
-    steerer = manual(llama_model)
+    steerer = manual(llama_model, "outputs")
     o_proj = llama_model.blocks[0].attn.o.original_component
     assert o_proj.bias is None  # Llama projections have no bias
     with steerer.fold():
@@ -123,7 +196,7 @@ def test_missing_bias_is_created_then_removed(llama_model):
 
 
 def test_scale_only_maps_need_no_new_bias(llama_model):
-    steerer = manual(llama_model)
+    steerer = manual(llama_model, "outputs")
     with torch.no_grad():
         for m in steerer.maps_.values():
             m.bias.zero_()
@@ -183,7 +256,7 @@ def test_the_check_catches_an_inexact_fold_and_undoes_it(native_model, monkeypat
 
 
 def test_folds_undo_in_reverse_order(native_model):
-    a, b = manual(native_model, seed=1), manual(native_model, seed=2)
+    a, b = manual(native_model, "outputs", seed=1), manual(native_model, "outputs", seed=2)
     before = snapshot(native_model)
     with torch.no_grad():
         with a.steer(1.0), b.steer(0.5):
@@ -229,7 +302,8 @@ def test_fold_needs_only_the_public_steerer_api():
 @pytest.mark.filterwarnings("ignore:LinEAS stopped")  # 2 steps: enough to move the maps
 @pytest.mark.parametrize("method", ["lineas", "linear_act", "mean_act", "caa", "iti"])
 def test_every_method_folds(gpt2_model, text_sets, method):
-    """Each method's maps sit where a fold is exact: attn/MLP outputs, hook_z, the residual stream."""
+    """Each method's maps sit where a fold is exact: norm outputs (the default sites), hook_z, the
+    residual stream."""
     hparams = {"steps": 2, "lr": 0.1} if method == "lineas" else {}
     if method == "linear_act":
         hparams = {"support": None}  # with its default support range it cannot fold (next test)

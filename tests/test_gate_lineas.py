@@ -43,8 +43,9 @@ def test_lineas_trains_maps_and_gate_together(gpt2_model, text_sets):
 def test_control_alone_adds_the_term_without_a_gate(gpt2_model, text_sets):
     src, tgt = text_sets["source"][:16], text_sets["target"][:16]
     kw = dict(method="lineas", steps=4, init="identity", early_stop=False, warn=False, progress=False, seed=0)
-    without = HookedSteerer(gpt2_model).fit(src, tgt, **kw)
-    heavy = HookedSteerer(gpt2_model).fit(src, tgt, control=CONTROL, control_weight=100.0, **kw)
+    # at the sublayer outputs (the fast preset's Adam): SGD's step grows with control_weight=100
+    without = HookedSteerer(gpt2_model, "outputs").fit(src, tgt, **kw)
+    heavy = HookedSteerer(gpt2_model, "outputs").fit(src, tgt, control=CONTROL, control_weight=100.0, **kw)
     assert heavy.gate_ is None and "gate" not in heavy.history_
     assert len(heavy.history_["control_loss"]) == 4
     # a heavy control term keeps the control prompts' activations closer to the unsteered model's

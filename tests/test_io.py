@@ -153,7 +153,7 @@ def test_load_onto_model_missing_a_site_names_it(native_model, tmp_path):
     sets = _token_sets()
     steerer = HookedSteerer(native_model).fit(sets["source"], sets["target"], method="linear_act", progress=False)
     steerer.save(tmp_path / "s")
-    with pytest.raises(SteererMismatchError, match=r"blocks\.2\.attn\.hook_out.*not hook points"):
+    with pytest.raises(SteererMismatchError, match=r"blocks\.2\.ln2\.hook_out.*not hook points"):
         HookedSteerer.load(tmp_path / "s", native(n_layers=2))
 
 
@@ -162,7 +162,7 @@ def test_load_onto_model_of_other_width_names_site_and_shapes(native_model, tmp_
     steerer = HookedSteerer(native_model).fit(sets["source"], sets["target"], method="linear_act", progress=False)
     steerer.save(tmp_path / "s")
     with pytest.raises(
-        SteererMismatchError, match=r"width mismatch at site 'blocks\.0\.attn\.hook_out'.*\(32,\).*\(48,\)"
+        SteererMismatchError, match=r"width mismatch at site 'blocks\.0\.ln2\.hook_out'.*\(32,\).*\(48,\)"
     ):
         HookedSteerer.load(tmp_path / "s", native(d_model=48))
 

@@ -123,14 +123,14 @@ def test_one_paper_step_is_plain_sgd(native_model):
     """SGD lr 0.1, no momentum: after one step the maps moved by exactly -0.1 x the first gradient."""
     source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
     runner = get_runner(native_model)
-    sites = HookedSteerer(native_model).sites
+    sites = HookedSteerer(native_model, "outputs").sites
     ctx = FitContext(runner, runner.prepare(source), runner.prepare(target), sites)
     maps = ctx.identity_maps()
     with frozen(native_model):
         pooled, _ = pooled_forward(runner, ctx.source.batch(range(8)), sites, maps=maps, detach=False)
         global_loss(pooled, ctx.pooled("target"))[0].backward()
-    with pytest.warns(UserWarning, match="paper.s sites"):  # the default sites are not ln2.hook_out
-        s = HookedSteerer(native_model).fit(source, target, preset="paper", steps=1, progress=False, warn=False)
+    with pytest.warns(UserWarning, match="paper.s sites"):  # the sublayer outputs are not ln2.hook_out
+        s = HookedSteerer(native_model, "outputs").fit(source, target, preset="paper", steps=1, progress=False, warn=False)
     site = sites[0]
     torch.testing.assert_close(s.maps_[site].bias, -0.1 * maps[site].bias.grad, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(s.maps_[site].weight, 1 - 0.1 * maps[site].weight.grad, rtol=1e-4, atol=1e-7)
@@ -150,7 +150,7 @@ def test_authors_yaml_preset_keeps_the_adam_recipe(native_model):
 def test_paper_preset_off_the_paper_sites_warns(llama_model, text_sets):
     src, tgt = text_sets["source"][:8], text_sets["target"][:8]
     with pytest.warns(UserWarning, match="sites='paper'"):
-        HookedSteerer(llama_model).fit(src, tgt, preset="paper", steps=1, progress=False, warn=False)
+        HookedSteerer(llama_model, "outputs").fit(src, tgt, preset="paper", steps=1, progress=False, warn=False)
 
 
 # ------------------------------------------------------------------ validation (issue 18)
@@ -188,11 +188,36 @@ def test_fast_preset_starts_from_the_identity_at_pre_norm_sites(llama_model, tex
     """At ``ln2.hook_out`` the mean-match warm start cost x4.7 perplexity on SmolLM2 (docs/fitting.md):
     the fast preset starts from the identity there, unless ``init`` is passed."""
     src, tgt = text_sets["source"][:8], text_sets["target"][:8]
-    kw = dict(steps=3, progress=False, warn=False)
+    kw = dict(preset="fast", steps=3, progress=False, warn=False)
     at_norms = HookedSteerer(llama_model, sites="paper").fit(src, tgt, **kw).history_
     assert at_norms["config"]["init"] == "identity" and at_norms["init_used"] == "identity"
     assert "identity" in at_norms["init_reason"] and at_norms["warm_start_loss"] is None
     asked = HookedSteerer(llama_model, sites="paper").fit(src, tgt, init="mean_act", **kw).history_
     assert asked["config"]["init"] == "mean_act" and asked["init_reason"] is None and asked["warm_start_loss"] is not None
-    outputs = HookedSteerer(llama_model).fit(src, tgt, **kw).history_
+    outputs = HookedSteerer(llama_model, "outputs").fit(src, tgt, **kw).history_
     assert outputs["config"]["init"] == "mean_act" and outputs["init_reason"] is None
+
+
+def test_default_preset_is_the_short_paper_recipe_at_norm_outputs_and_fast_elsewhere(llama_model, text_sets):
+    """``preset="auto"``: the paper's SGD recipe cut to 300 steps at the default (paper's) sites, whose
+    budget ends the fit without a warning; the fast preset at the sublayer outputs."""
+    import warnings
+
+    from lineas_tl import NotConvergedWarning
+    from lineas_tl.methods.lineas_presets import PRESETS
+
+    src, tgt = text_sets["source"][:8], text_sets["target"][:8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotConvergedWarning)
+        h = HookedSteerer(llama_model).fit(src, tgt, progress=False).history_
+    assert h["preset"] == "paper_short" and h["config"] == PRESETS["paper_short"]
+    assert PRESETS["paper_short"] == {**PRESETS["paper_language"], "steps": 300}
+    assert h["steps"] == 300 and h["init_used"] == "identity" and h["lr"][0] == pytest.approx(0.1)
+    assert h["final_loss"] < h["identity_loss"]
+    if not h["converged"]:
+        assert h["stop_reason"] == "budget"
+    with pytest.warns(NotConvergedWarning):  # a budget the caller set is the caller's: it warns
+        cut = HookedSteerer(llama_model).fit(src, tgt, steps=3, progress=False).history_
+    assert cut["preset"] == "paper_short" and cut["stop_reason"] == "steps"
+    fast = HookedSteerer(llama_model, "outputs").fit(src, tgt, steps=3, progress=False, warn=False).history_
+    assert fast["preset"] == "fast"

@@ -1,10 +1,11 @@
 import pytest
 
-from lineas_tl.sites import block_index, default_sites, resolve_sites, stop_layer
+from lineas_tl.sites import block_index, default_sites, paper_sites, preset_sites, resolve_sites, stop_layer
 
 
-def test_default_sites_are_attn_and_mlp_outputs_in_order(native_model):
-    sites = default_sites(native_model)
+def test_default_sites_are_the_papers_and_outputs_keep_their_order(native_model):
+    assert default_sites(native_model) == paper_sites(native_model)  # ln2.hook_out in a pre-LN model
+    sites = preset_sites(native_model, "outputs")
     assert len(sites) == 2 * native_model.cfg.n_layers
     assert sites[:2] == ["blocks.0.attn.hook_out", "blocks.0.mlp.hook_out"]
     assert [block_index(s) for s in sites] == sorted(block_index(s) for s in sites)

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 def test_fit_steer_generate_on_smollm2(smollm2):
     concept = get_concept("toxicity")
     source, target = concept.split(n_fit=8, seed=0)
-    steerer = HookedSteerer(smollm2).fit(source, target, steps=3, batch_size=8, progress=False)
-    assert len(steerer.maps_) == 60
+    steerer = HookedSteerer(smollm2).fit(source, target, steps=3, batch_size=8, progress=False, warn=False)
+    assert len(steerer.maps_) == 30 and steerer.history_["preset"] == "paper_short"  # ln2.hook_out, SGD
     assert steerer.history_["final_loss"] < steerer.history_["identity_loss"]
     tokens = smollm2.to_tokens(concept.eval_prompts[0])
     plain = smollm2(tokens)
@@ -37,7 +37,7 @@ def test_a_warm_start_worse_than_the_identity_is_dropped(smollm2):
     # untouched model's, so LinEAS starts from the identity there; on toxicity the warm start helps.
     for name, dropped in (("style", True), ("toxicity", False)):
         source, target = get_concept(name).split(n_fit=32, seed=0)
-        h = HookedSteerer(smollm2).fit(source, target, steps=1, progress=False, warn=False).history_
+        h = HookedSteerer(smollm2, "outputs").fit(source, target, steps=1, progress=False, warn=False).history_
         assert (h["warm_start_loss"] >= h["identity_loss"]) == dropped
         assert h["init_used"] == ("identity" if dropped else "mean_act")
         start = h["identity_loss"] if dropped else h["warm_start_loss"]

@@ -83,7 +83,7 @@ def test_hparams_record_every_setting_defaults_included(native_model):
         sets["source"], sets["target"], steps=4, seed=0, progress=False, warn=False
     )
     hp = lineas.hparams_
-    assert hp["steps"] == 4 and hp["preset"] == "fast"
+    assert hp["steps"] == 4 and hp["preset"] == "auto" and lineas.history_["preset"] == "paper_short"
     for key in ("lr", "schedule", "standardize", "init", "early_stop", "gamma", "optimizer", "tol", "patience"):
         assert hp[key] is not None, key
     assert lineas.hparams_given_ == {"steps": 4, "seed": 0, "warn": False}

@@ -79,7 +79,7 @@ def test_contexts_leave_the_model_untouched_on_exit_even_on_error(native_model):
 
 
 def test_per_site_strength_steers_only_the_given_sites(native_model):
-    a = random_steerer(native_model, None, seed=5)
+    a = random_steerer(native_model, "outputs", seed=5)
     strengths = {"blocks.0.hook_attn_out": 1.0, "blocks.2.mlp.hook_out": 0.25}  # alias and canonical names
     with torch.no_grad(), a.steer(strengths):
         got = native_model(TOKENS)

@@ -6,8 +6,8 @@
 # continuations with 32 toxic-inviting and 32 neutral prompts, pick the strength by its perplexity
 # cost, then check the effect with an offline toxicity judge.
 #
-# Run: `python tutorials/01_quickstart.py` (a few minutes on a CPU: the default fit runs until its
-# loss stops falling); add `--quick` or `LINEAS_TL_QUICK=1` for a fast pass (a 5-step fit, fewer
+# Run: `python tutorials/01_quickstart.py` (a few minutes on a CPU: the default fit runs its 300
+# SGD steps); add `--quick` or `LINEAS_TL_QUICK=1` for a fast pass (a 5-step fit, fewer
 # prompts: it checks that everything runs, its numbers mean nothing).
 
 # %%
@@ -32,8 +32,9 @@ print(f"{len(source)} source prompts, e.g. {source[0]!r}; {len(target)} target, 
 
 # %% [markdown]
 # ## Fit
-# One affine map per `hook_attn_out` and `hook_mlp_out` (60 sites), trained end to end with the
-# default fit (see docs/fitting.md). `hparams_` records every setting it used, defaults included.
+# One affine map per `blocks.N.ln2.hook_out`, what each MLP reads (30 sites, the paper's), trained
+# end to end with the default fit: the paper's SGD recipe stopped at 300 steps (see docs/fitting.md).
+# `hparams_` records every setting it used, defaults included; `history_["preset"]` the recipe.
 
 # %%
 steerer = HookedSteerer(model).fit(source, target, **FIT)
@@ -41,7 +42,7 @@ print(steerer)
 h = steerer.history_
 print(f"loss {h['identity_loss']:.3f} (unsteered) -> {h['final_loss']:.3f} in {h['steps']} steps; "
       f"converged: {h['converged']}")
-print({k: steerer.hparams_[k] for k in ("preset", "steps", "lr", "schedule", "init")})
+print(h["preset"], {k: steerer.hparams_[k] for k in ("steps", "lr", "schedule", "init")})
 
 # %% [markdown]
 # ## Pick the strength

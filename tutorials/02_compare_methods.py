@@ -8,7 +8,7 @@
 #
 # | method | what it fits | where it hooks | strength |
 # |---|---|---|---|
-# | `lineas` | affine map per site, end to end (global 1-D OT loss) | each block's `hook_attn_out`, `hook_mlp_out` | λ |
+# | `lineas` | affine map per site, end to end (global 1-D OT loss) | each block's `ln2.hook_out` (the paper's; the default sites) | λ |
 # | `linear_act` | same maps, local closed-form 1-D OT, layer by layer (Rodriguez et al. 2024) | same | λ |
 # | `mean_act` | shift b = mean(target) − mean(source), fitted site after site (Mean-AcT) | same | λ |
 # | `caa` | the same shift, every site read from the unsteered model (CAA, Rimsky et al. 2024) | same | λ |

@@ -45,7 +45,8 @@ for g, s in steerers.items():
 
 # %% [markdown]
 # ## Support per site
-# Early attention outputs and late MLP outputs usually keep the most coordinates.
+# One point per block's `ln2.hook_out` (the default sites): which blocks keep the most coordinates
+# as `gamma` grows.
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.5))

@@ -22,7 +22,7 @@ from torch import nn
 
 from lineas_tl.export.common import ExportError, atomic_path, check_new_path, clean_key
 
-__all__ = ["write_llama_gguf"]
+__all__ = ["rotary_rows", "write_llama_gguf"]
 
 
 # The parameters of a plain LlamaForCausalLM (a bridge also lists them under its own aliases).
@@ -32,7 +32,7 @@ _LLAMA_KEY = re.compile(
 )
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+def rotary_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Hugging Face's rotary row order to llama.cpp's (as ``convert_hf_to_gguf.py``'s ``permute``)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -54,7 +54,11 @@ def write_llama_gguf(hf_model: nn.Module, tokenizer: Any, path: str | os.PathLik
             "convert_hf_to_gguf.py"
         )
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-        raise ExportError("a Llama model with biases cannot be written as a llama-architecture GGUF here")
+        raise ExportError(
+            "a Llama model with biases (attention_bias / mlp_bias, e.g. a folded format='hf' export) cannot be "
+            "written as a llama-architecture GGUF here: export format='gguf' from the unfolded model, or convert "
+            "this one with llama.cpp's convert_hf_to_gguf.py"
+        )
     vocab = _bpe_vocab(tokenizer)
     target = check_new_path(path)
     n_head, n_kv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
@@ -98,9 +102,9 @@ def write_llama_gguf(hf_model: nn.Module, tokenizer: Any, path: str | os.PathLik
             if base is None or base in written or (key == "lm_head.weight" and cfg.tie_word_embeddings):
                 continue
             if key.endswith("q_proj.weight"):
-                value = _permute(value, n_head)
+                value = rotary_rows(value, n_head)
             elif key.endswith("k_proj.weight"):
-                value = _permute(value, n_kv)
+                value = rotary_rows(value, n_kv)
             w.add_tensor(base, np.ascontiguousarray(value, dtype=np.float32))
             written.add(base)
         expected = 2 + 9 * int(cfg.num_hidden_layers) + ("output.weight" in written)

@@ -6,14 +6,20 @@ written from its weights and tokenizer (:mod:`~lineas_tl.export.gguf_from_hf`). 
 with ``gguf``'s reader and writer: every metadata key (the
 tokenizer, chat template, hyper-parameters) and every tensor stays as it was, except
 
-- an output projection whose rows a map scales (:math:`\omega' \ne 1`): ``blk.N.attn_output.weight``
+- a projection whose rows a map scales (:math:`\omega' \ne 1`): ``blk.N.attn_output.weight``
   or ``blk.N.ffn_down.weight`` becomes ``diag(ω') W``. A quantised source tensor is dequantised
   and the folded tensor written as **F32** (exact; the rest of the file stays quantised as it was).
-  Input-side maps (``attn.hook_z``, ``mlp.hook_post``) scale its columns instead;
+  Input-side maps scale the columns instead: ``attn.hook_z`` and ``mlp.hook_post`` those of
+  ``attn_output`` and ``ffn_down``; a norm output, ``blocks.L.ln2.hook_out`` (the paper's site),
+  those of ``blk.N.ffn_gate`` and ``blk.N.ffn_up``, and ``blocks.L.ln1.hook_out`` those of
+  ``blk.N.attn_q``, ``attn_k``, ``attn_v`` (whose q/k rows are in llama.cpp's rotary order; a column
+  scaling does not mind);
 - the shift :math:`b'` (and :math:`W b'` for input-side maps), written as a new F32 tensor
-  ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias``. llama.cpp's llama architecture loads these
-  optional biases and adds them (checked in the source vendored by llama-cpp-python 0.3.36, and end
-  to end); for other architectures a bias is refused rather than silently dropped.
+  ``blk.N.attn_output.bias``, ``blk.N.ffn_down.bias``, ``blk.N.ffn_gate.bias``, ``blk.N.ffn_up.bias``
+  or ``blk.N.attn_{q,k,v}.bias``. llama.cpp's llama architecture loads these optional biases
+  (``TENSOR_NOT_REQUIRED`` in ``models/llama.cpp``) and adds them (``build_qkv``, ``build_attn``,
+  ``build_ffn``: checked in the source vendored by llama-cpp-python 0.3.36, and end to end); for
+  other architectures a bias is refused rather than silently dropped.
 
 Our own keys record what was folded: ``lineas_tl.record`` (JSON: method, hyper-parameters, strength,
 sites, fingerprint), ``lineas_tl.method``, ``lineas_tl.strength``, ``lineas_tl.source_file`` and
@@ -43,11 +49,20 @@ from lineas_tl.export.common import (
     record_json,
     steerer_record,
 )
-from lineas_tl.fold import FoldError, Steerable, effective_affine, fold_target, is_conv1d
+from lineas_tl.fold import (
+    FoldError,
+    FoldTarget,
+    Steerable,
+    effective_affine,
+    fold_order,
+    fold_target,
+    is_conv1d,
+)
 
 __all__ = ["BIAS_ARCHITECTURES", "SOURCE_ATTR", "save_gguf", "source_gguf"]
 
-# Architectures whose llama.cpp graph adds blk.N.attn_output.bias / blk.N.ffn_down.bias when present.
+# Architectures whose llama.cpp graph adds the optional biases of blk.N.attn_{q,k,v,output} and
+# blk.N.ffn_{gate,up,down} when present.
 BIAS_ARCHITECTURES = frozenset({"llama"})
 # The attribute lineas_tl.models.load sets on a model loaded from a GGUF file.
 SOURCE_ATTR = "lineas_tl_source_gguf"
@@ -83,7 +98,7 @@ def _from_hf(model: Any, directory: Path) -> Path:
 
 @dataclass
 class _Edit:
-    """The folded state of one output projection of the GGUF (float64, ``[out, in]``)."""
+    """The folded state of one projection of the GGUF (float64, ``[out, in]``)."""
 
     base: str  # e.g. "blk.3.attn_output"
     weight: np.ndarray
@@ -112,9 +127,9 @@ def save_gguf(
 
     Raises:
         FileNotFoundError: no source GGUF, and the model is not a Hugging Face model to write one from.
-        FoldError: a site has no output projection in the GGUF, a map acts on some tokens only, or
-            the source GGUF does not hold this model's weights.
-        ExportError: the architecture does not read the output-projection biases a shift needs.
+        FoldError: a site has no projection in the GGUF, a map acts on some tokens only, or the
+            source GGUF does not hold this model's weights.
+        ExportError: the architecture does not read the projection biases a shift needs.
         FileExistsError: ``path`` exists (or is the source).
     """
     src = source_gguf(steerer.model, source)
@@ -169,54 +184,74 @@ def _fold_into(
     names: dict[int, list[str]] = {}  # the bridge makes one module reachable under several names
     for n, m in hf.named_modules(remove_duplicate=False):
         names.setdefault(id(m), []).append(clean_key(n))
-    order = {id(m): i for i, (_, m) in enumerate(hf.named_modules())}
     n_blocks = int(reader.fields[f"{arch}.block_count"].contents())
     arch_enum = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
     if arch_enum is None:
         raise ExportError(f"unsupported architecture {arch!r}: the gguf package does not know its tensor names")
     name_map = gguf.get_tensor_name_map(arch_enum, n_blocks)
-    planned = []
+    heads = {
+        k: int(reader.fields[f"{arch}.attention.{k}"].contents())
+        for k in ("head_count", "head_count_kv")
+        if f"{arch}.attention.{k}" in reader.fields
+    }
+    targets: list[FoldTarget] = []
+    bases: dict[int, str | None] = {}
     for site in per_site:
         t = fold_target(model, site)
-        found = [] if isinstance(t, str) else [name_map.get_name(n) for n in names.get(id(t.linear), [])]
-        base = next((b for b in found if b is not None), None)
-        if isinstance(t, str) or base is None or f"{base}.weight" not in tensors:
+        for lin in () if isinstance(t, str) else t.linears:
+            found = [name_map.get_name(n) for n in names.get(id(lin), [])]
+            bases[id(lin)] = next((b for b in found if b is not None and f"{b}.weight" in tensors), None)
+        if isinstance(t, str) or any(bases[id(lin)] is None for lin in t.linears):
             why = t if isinstance(t, str) else "its linear layer has no tensor in the GGUF"
             raise FoldError(
-                f"cannot fold the map at {site} into the GGUF ({why}); only maps next to an output "
-                "projection fold (blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.attn.hook_z)"
+                f"cannot fold the map at {site} into the GGUF ({why}); only maps next to a projection fold "
+                "(blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.attn.hook_z, blocks.L.ln2.hook_out)"
             )
-        planned.append((order.get(id(t.linear), 0), t.stage, site, t, base))
+        targets.append(t)
     edits: dict[str, _Edit] = {}
-    for _, _, site, t, base in sorted(planned, key=lambda p: p[:2]):
-        omega, shift = (x.numpy() for x in effective_affine(steerer.maps_[site], per_site[site], inverse))
+    for t in fold_order(model, targets):
+        omega, shift = (x.numpy() for x in effective_affine(steerer.maps_[t.site], per_site[t.site], inverse))
         if t.shift_only and bool(np.any(omega != 1)):
-            raise FoldError(f"the map at {site} scales the residual stream (omega != 1): only a shift folds there")
-        e = edits.get(base) or _load_edit(base, tensors, t.linear)
-        edits[base] = e
-        width = e.weight.shape[1 if t.side == "in" else 0]
-        if omega.size != width:
-            raise FoldError(f"the map at {site} has {omega.size} features but {base} has {width}: wrong source GGUF?")
-        if t.side == "out":
-            e.bias = omega * e.bias + shift
-            if bool(np.any(omega != 1)):
-                e.weight, e.scaled = omega[:, None] * e.weight, True
-        else:
-            e.bias = e.bias + e.weight @ shift
-            if bool(np.any(omega != 1)):
-                e.weight, e.scaled = e.weight * omega[None, :], True
+            raise FoldError(f"the map at {t.site} scales the residual stream (omega != 1): only a shift folds")
+        for lin in t.linears:
+            base = str(bases[id(lin)])
+            e = edits[base] = edits.get(base) or _load_edit(base, tensors, lin, heads)
+            _fold_edit(e, t.site, t.side, omega, shift)
     return edits
 
 
-def _load_edit(base: str, tensors: dict[str, Any], linear: nn.Module) -> _Edit:
+def _fold_edit(e: _Edit, site: str, side: str, omega: np.ndarray, shift: np.ndarray) -> None:
+    """Apply ``(omega, shift)`` on the input or the output side of ``e``'s projection."""
+    width = e.weight.shape[1 if side == "in" else 0]
+    if omega.size != width:
+        raise FoldError(f"the map at {site} has {omega.size} features but {e.base} has {width}: wrong source GGUF?")
+    if side == "out":
+        e.bias = omega * e.bias + shift
+        if bool(np.any(omega != 1)):
+            e.weight, e.scaled = omega[:, None] * e.weight, True
+    else:
+        e.bias = e.bias + e.weight @ shift
+        if bool(np.any(omega != 1)):
+            e.weight, e.scaled = e.weight * omega[None, :], True
+
+
+def _load_edit(base: str, tensors: dict[str, Any], linear: nn.Module, heads: dict[str, int]) -> _Edit:
     """Dequantise ``base.weight`` (and its bias), checking it is the model's own projection."""
     import gguf
+
+    from lineas_tl.export.gguf_from_hf import rotary_rows
 
     t = tensors[f"{base}.weight"]
     weight = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
     mine = linear.weight.detach().double().cpu()
     mine = (mine.T if is_conv1d(linear) else mine).numpy()
-    if mine.shape != weight.shape or np.linalg.norm(weight - mine) > 1e-3 * (1e-12 + np.linalg.norm(mine)):
+    candidates = [mine]
+    n_head = heads.get({"attn_q": "head_count", "attn_k": "head_count_kv"}.get(base.rpartition(".")[2], ""))
+    if n_head and mine.shape[0] % (2 * n_head) == 0:
+        # Llama's converter stores q/k rows in llama.cpp's rotary order; others do not. The fold
+        # itself is computed on the GGUF's own tensor, so this only matters for the check.
+        candidates.append(rotary_rows(mine, n_head))
+    if not any(_same(weight, c) for c in candidates):
         raise FoldError(
             f"the source GGUF's {base}.weight is not this model's weight (shape {weight.shape} vs "
             f"{mine.shape}, or different values): pass the GGUF the model was loaded from"
@@ -228,6 +263,10 @@ def _load_edit(base: str, tensors: dict[str, Any], linear: nn.Module) -> _Edit:
         else np.zeros(weight.shape[0])
     )
     return _Edit(base, weight, bias, had_bias=b is not None)
+
+
+def _same(weight: np.ndarray, mine: np.ndarray) -> bool:
+    return mine.shape == weight.shape and np.linalg.norm(weight - mine) <= 1e-3 * (1e-12 + np.linalg.norm(mine))
 
 
 def _write(reader: Any, arch: str, edits: dict[str, _Edit], record: dict[str, Any], tmp: Path) -> None:

@@ -3,10 +3,12 @@
 It loads with stock ``AutoModelForCausalLM.from_pretrained(path)`` (and so in any stack that reads
 Hugging Face checkpoints or converts them) and computes the steered model with no lineas-tl code.
 
-Where a fold needs a bias the architecture lacks (Llama's ``o_proj`` / ``down_proj``), the config's
-own switch is turned on. For Llama, ``attention_bias=True`` also gives ``q_proj``, ``k_proj`` and
-``v_proj`` a bias, and ``mlp_bias=True`` gives ``gate_proj`` and ``up_proj`` one: those are written
-as zeros, which is exact. The directory also holds ``lineas_tl_export.json`` (method,
+Where a fold needs a bias the architecture lacks (Llama's ``o_proj`` and ``down_proj`` for maps at
+``hook_attn_out`` / ``hook_mlp_out``; ``gate_proj`` and ``up_proj`` for the paper's
+``blocks.L.ln2.hook_out``; ``q_proj``, ``k_proj``, ``v_proj`` for ``blocks.L.ln1.hook_out``), the
+config's own switch is turned on: ``attention_bias`` or ``mlp_bias``. Each switch gives every
+projection of its sublayer a bias; those the fold did not write are saved as zeros, which is exact.
+The directory also holds ``lineas_tl_export.json`` (method,
 hyper-parameters, strength, fingerprint of the fitted model).
 """
 

@@ -12,6 +12,8 @@ where :math:`\tilde U^C_l` is the steered (and gated) model's pooled activation 
 :math:`i` at site :math:`l` and :math:`V^C_l` the unsteered model's, pooled the same way, on a
 minibatch :math:`B` of control prompts; :math:`\kappa` is ``control_weight``. The pairs are the
 same prompts, so the term is a plain squared distance, in the same units as the transport term.
+Under an SGD preset (the default at norm outputs, ``"paper_short"``) the step grows with
+:math:`\kappa`: a weight far above 1 needs a smaller ``lr``.
 
 Gated (``gate=True``), the source activations are read through the gated maps
 (:math:`z + g\,(T(z) - z)`), and the probes' weights are trained with the maps: the transport term

@@ -82,6 +82,8 @@ def describe_fit(history: Mapping[str, Any]) -> str:
     if "final_loss" not in history:
         return ""
     state = "converged" if history.get("converged") else "NOT converged: the loss was still falling"
+    if history.get("stop_reason") == "budget":
+        state = f"stopped by the {history.get('preset')} preset's step budget, by design; the loss was still falling slowly"
     line = (
         f"loss {history['initial_loss']:.4g} -> {history['final_loss']:.4g} in {history['steps']} steps "
         f"({state}); maps moved max |omega-1| {history['max_abs_omega_minus_1']:.3g}, "
@@ -102,6 +104,8 @@ def describe_start(history: Mapping[str, Any]) -> str:
     if "steps" not in history:
         return ""
     state = "converged" if history["converged"] else "**did not converge**"
+    if history.get("stop_reason") == "budget":
+        state = "stopped by its preset's budget (by design)"
     warm = history.get("warm_start_loss")
     start = f"warm start {warm:.4g}, " if warm is not None else ""
     return (

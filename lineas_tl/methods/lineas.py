@@ -15,7 +15,11 @@ effect downstream. After each Adam step, a sparse-group-lasso proximal step on
 Presets (every argument stays overridable; the table and sources are in
 :mod:`lineas_tl.methods.lineas_presets` and ``docs/fitting.md``):
 
-- ``preset="fast"`` (the default) minimises the same loss from a better start and in better units:
+- ``preset="auto"`` (the default) picks by site: at pre-sublayer norm outputs of a language model
+  (the paper's sites, the default sites of a pre-LN model) ``"paper_short"``, the paper's SGD recipe
+  below stopped at 300 steps; anywhere else ``"fast"``. Chosen on held-out prompts in
+  ``results/preset_screen/`` (issue 18).
+- ``preset="fast"`` minimises the same loss from a better start and in better units:
   it starts from the incremental mean match (omega = 1, each site's shift matched to the target mean
   on activations already shifted upstream: Mean-AcT), and measures the shift in units of the
   target's standard deviation, :math:`b_l = \sigma_l \odot \beta_l`. Adam moves each parameter by
@@ -57,7 +61,7 @@ from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, make_schedule
 from lineas_tl.methods.lineas_params import _prox, _standardize  # noqa: F401 (_prox: benchmarks)
-from lineas_tl.methods.lineas_presets import PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
+from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
 
@@ -68,7 +72,7 @@ __all__ = ["PRESETS", "fit_lineas"]
 def fit_lineas(
     ctx: FitContext,
     *,
-    preset: str = "fast",
+    preset: str = "auto",
     steps: int | None = None,
     lr: float | None = None,
     schedule: str | None = None,
@@ -93,23 +97,25 @@ def fit_lineas(
     """Fit LinEAS maps on every site of ``ctx``.
 
     Args:
-        preset: ``"fast"`` (default), ``"paper"`` (the paper's recipe for the model's modality:
-            ``"paper_language"`` for a language model, ``"paper_unet"`` for a diffusers pipeline),
-            ``"paper_language"``, ``"paper_unet"`` or ``"authors_yaml"`` (the repository's yaml
-            default, Adam lr 1e-3). It sets every argument below that is left at None:
+        preset: ``"auto"`` (default: ``"paper_short"`` at pre-sublayer norm outputs of a language
+            model, else ``"fast"``), ``"fast"``, ``"paper"`` (the paper's recipe for the model's
+            modality: ``"paper_language"`` for a language model, ``"paper_unet"`` for a diffusers
+            pipeline), ``"paper_short"``, ``"paper_language"``, ``"paper_unet"`` or
+            ``"authors_yaml"`` (the repository's yaml default, Adam lr 1e-3). It sets every argument
+            below that is left at None:
 
-            ============== ======== ========== ========== ===============
-            argument       fast     paper_lang paper_unet authors_yaml
-            ============== ======== ========== ========== ===============
-            optimizer      adam     sgd        adamw      adam
-            lr             1e-2     0.1        1e-4       1e-3
-            schedule       constant cosine     cosine     cosine
-            steps          300      1000       1000       1000
-            batch_size     <=32     <=32       4          <=32
-            init           mean_act identity   identity   identity
-            standardize    True     False      False      False
-            early_stop     True     False      False      False
-            ============== ======== ========== ========== ===============
+            ============== ======== =========== ========== ========== ===============
+            argument       fast     paper_short paper_lang paper_unet authors_yaml
+            ============== ======== =========== ========== ========== ===============
+            optimizer      adam     sgd         sgd        adamw      adam
+            lr             1e-2     0.1         0.1        1e-4       1e-3
+            schedule       constant cosine      cosine     cosine     cosine
+            steps          300      300         1000       1000       1000
+            batch_size     <=32     <=32        <=32       4          <=32
+            init           mean_act identity    identity   identity   identity
+            standardize    True     False       False      False      False
+            early_stop     True     False       False      False      False
+            ============== ======== =========== ========== ========== ===============
 
             The paper presets and ``authors_yaml`` compare each step's source batch with every
             target prompt; ``fast`` draws as many targets as sources. Sources in
@@ -154,8 +160,8 @@ def fit_lineas(
             prompt in every step and no gate or control term; otherwise, or on a CPU, warns and runs eagerly.
 
     Returns:
-        the maps, and a history with ``preset`` (the resolved name: ``"paper"`` becomes
-        ``"paper_language"`` or ``"paper_unet"``), ``config`` (every preset setting used), ``loss``, ``lr`` and ``time`` (seconds since the fit started,
+        the maps, and a history with ``preset`` (the resolved name: ``"auto"`` becomes
+        ``"paper_short"`` or ``"fast"``, ``"paper"`` ``"paper_language"`` or ``"paper_unet"``), ``config`` (every preset setting used), ``loss``, ``lr`` and ``time`` (seconds since the fit started,
         target statistics and initialisation included) per step, ``identity_loss`` (the untouched
         model's), ``warm_start_loss`` (of ``init``'s maps; None from the identity), ``init_used``,
         ``initial_loss`` (at the first step),
@@ -167,7 +173,7 @@ def fit_lineas(
             ``patience < 1``, ``gamma < 0``, a NaN or infinite value) or fewer than
             :data:`~lineas_tl.validate.MIN_DISTRIBUTION_PROMPTS` source or target prompts.
     """
-    name, cfg = resolve_preset(preset, ctx.runner)
+    name, cfg = resolve_preset(preset, ctx.runner, ctx.sites)
     given = {
         "steps": steps, "lr": lr, "schedule": schedule, "standardize": standardize, "early_stop": early_stop, "init": init,
         "warmup": warmup, "optimizer": optimizer, "batch_size": batch_size,
@@ -294,7 +300,9 @@ def fit_lineas(
     history.update(term.finish() if term is not None else {})
     if best[1]:
         history["final_loss"] = best[0]
-    if warn and not converged:
+    if not converged and history["preset"] in BUDGET_BY_DESIGN and steps is None and stop_reason == "steps":
+        history["stop_reason"] = "budget"  # the preset's own budget is its regulariser: no warning
+    elif warn and not converged:
         warnings.warn(
             f"LinEAS stopped after {len(history['loss'])} steps while its loss was still falling "
             f"({history['initial_loss']:.4g} -> {history['final_loss']:.4g}); fit again with more steps "

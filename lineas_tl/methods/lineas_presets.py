@@ -2,9 +2,20 @@
 
 A preset fills every fitting argument the caller left at None; anything passed explicitly wins.
 
-- ``"fast"`` (the library's default): Adam at a constant lr 1e-2 in standardised units, from the
-  incremental mean match, stopping once the loss has stopped falling (at most 300 steps). Our own
-  recipe; see :mod:`lineas_tl.methods.lineas` and ``docs/fitting.md``.
+- ``"auto"`` (the library's default) picks by where the maps sit: ``"paper_short"`` for a language
+  model whose sites are all pre-sublayer norm outputs (the paper's sites, ``sites="paper"``, the
+  default sites of a pre-LN model), ``"fast"`` anywhere else (attention/MLP outputs, Gemma's post
+  norms, a UNet). Chosen on held-out prompts (``results/preset_screen/``, issue 18).
+- ``"paper_short"``: the paper's language recipe stopped at 300 steps, the cosine decay spread over
+  those 300. On SmolLM2 at ``ln2.hook_out`` it steers as far within a perplexity budget as the
+  1000-step recipe at a third of the cost (``results/preset_screen/SEEDS.md``). Its loss is still
+  falling slowly when the budget ends; that budget is the point (stopping early is what keeps the
+  maps general), so it does not warn: ``history_["stop_reason"]`` says ``"budget"``. A ``steps=``
+  passed explicitly is the caller's budget, and ends with a warning as any other.
+- ``"fast"``: Adam at a constant lr 1e-2 in standardised units, from the incremental mean match,
+  stopping once the loss has stopped falling (at most 300 steps). Our own recipe, the default before
+  issue 18 and still the default away from norm outputs; see :mod:`lineas_tl.methods.lineas` and
+  ``docs/fitting.md``.
 - ``"paper"``: the paper's recipe for the model's modality, resolved by :func:`resolve_preset`:
 
   - ``"paper_language"`` for a language model: SGD at lr 0.1, cosine decay, 1000 steps, from the
@@ -30,9 +41,10 @@ can diverge where it is stable on normalised outputs.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import SteeringInputError, check_number
 
 Modality = Literal["language", "unet"]
@@ -44,11 +56,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 300, "lr": 1e-2, "schedule": "constant", "standardize": True, "early_stop": True,
         "init": "mean_act", "warmup": 0, "optimizer": "adam", "batch_size": None, "all_targets": False,
     },
+    "paper_short": {"steps": 300, "lr": 0.1, "schedule": "cosine", "optimizer": "sgd", "batch_size": None, **_IDENTITY_RUN},
     "paper_language": {"steps": 1000, "lr": 0.1, "schedule": "cosine", "optimizer": "sgd", "batch_size": None, **_IDENTITY_RUN},
     "paper_unet": {"steps": 1000, "lr": 1e-4, "schedule": "cosine", "optimizer": "adamw", "batch_size": 4, **_IDENTITY_RUN},
     "authors_yaml": {"steps": 1000, "lr": 1e-3, "schedule": "cosine", "optimizer": "adam", "batch_size": None, **_IDENTITY_RUN},
 }  # fmt: skip
-PRESET_NAMES = ("fast", "paper", "paper_language", "paper_unet", "authors_yaml")
+PRESET_NAMES = ("auto", "fast", "paper", "paper_short", "paper_language", "paper_unet", "authors_yaml")
+# presets whose step budget is itself the regulariser: ending with the loss still falling is by design
+BUDGET_BY_DESIGN = frozenset({"paper_short"})
 
 
 def modality(runner: Any) -> Modality:
@@ -58,14 +73,19 @@ def modality(runner: Any) -> Modality:
     return "unet" if isinstance(runner, DiffusionRunner) else "language"
 
 
-def resolve_preset(preset: str, runner: Any) -> tuple[str, dict[str, Any]]:
-    """The concrete preset name and a copy of its settings; ``"paper"`` becomes the modality's.
+def resolve_preset(preset: str, runner: Any, sites: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    """The concrete preset name and a copy of its settings; ``"paper"`` becomes the modality's, and
+    ``"auto"`` becomes ``"paper_short"`` for a language model steered only at pre-sublayer norm
+    outputs (``sites``), else ``"fast"``.
 
     Raises:
         ValueError: an unknown name (the message lists them).
     """
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESET_NAMES)}")
+    if preset == "auto":
+        at_norms = bool(sites) and all(map(is_pre_norm_site, sites))
+        preset = "paper_short" if at_norms and modality(runner) == "language" else "fast"
     name = f"paper_{modality(runner)}" if preset == "paper" else preset
     return name, dict(PRESETS[name])
 
