@@ -1,7 +1,7 @@
 """What does the gate cost per generated token? CPU, SmolLM2-135M, greedy, KV cache on.
 
 Times ``steerer.generate`` for the same prompts with the ungated maps, and with each gate driver
-on the same maps (a Mean-AcT steerer on all 60 sites, gate threshold 0 so every site is gated),
+on the same maps (a Mean-AcT steerer on every site, gate threshold 0 so every site is gated),
 with the shared hard gate (``gate={"shared": True, "hard": True}``), and the unsteered model.
 The runs are interleaved (one of each configuration per round, so a neighbour's load falls on all
 of them alike) and each row is the median over ``--repeats`` rounds, of wall time and of this
@@ -10,7 +10,11 @@ A last, instrumented run of each configuration times the steering hooks alone (C
 the outermost hook call, per generated token): the gate's own cost, whatever the machine's load.
 Writes ``benchmarks/RESULTS_gate.md`` (``--out``).
 
-    python benchmarks/bench_gate.py --new-tokens 12 --prompts 4 --repeats 7
+    python benchmarks/bench_gate.py --new-tokens 12 --prompts 4 --repeats 7 --sites outputs
+
+``--sites`` defaults to the library's default sites. Every run in ``RESULTS_gate.md`` was made
+before stop 28 (2026-12-05), when those were every block's attention and MLP outputs (60 sites on
+SmolLM2); ``--sites outputs`` reproduces them. They are now ``blocks.N.ln2.hook_out`` (30 sites).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_gate.md")))
+    ap.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lineas_tl import HookedSteerer, models
@@ -41,7 +46,7 @@ def main() -> None:
     model = models.load("smollm2-135m")
     c = get_concept("toxicity")
     src, tgt = c.split(32, seed=0)
-    steerer = HookedSteerer(model).fit(src, tgt, method="mean_act", control=c.control_prompts(32), gate={"threshold": 0.0}, progress=False)
+    steerer = HookedSteerer(model, args.sites).fit(src, tgt, method="mean_act", control=c.control_prompts(32), gate={"threshold": 0.0}, progress=False)
     gate = steerer.gate_
     prompts = c.eval_prompts[: args.prompts]
 

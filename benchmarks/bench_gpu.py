@@ -10,7 +10,9 @@ through ``TransformerBridge`` (lineas-tl) and as a plain Hugging Face model (the
 
 Per shape and dtype:
 
-1. **Fit step.** ``HookedSteerer.fit`` (default preset, every prompt in every step, no early stop):
+1. **Fit step.** ``HookedSteerer.fit`` at every attention and MLP output (``sites="outputs"``, where
+   the floor below hooks; the library's default sites until stop 28, 2026-12-05) with the preset
+   those sites get by default (``"fast"``; every prompt in every step, no early stop):
    the median time between steps (``history_["time"]``) after a warm-up, eager and with
    ``compile=True`` (the full-batch step captured as a CUDA graph, :mod:`lineas_tl.capture`).
    Against (a) the **floor**: the same step written by hand on the HF model (forward hooks applying
@@ -19,8 +21,9 @@ Per shape and dtype:
    frozen model (gradients to block 0's attention output; no maps, pooling, loss or optimiser).
 2. **Generation.** 32 prompts x 32 greedy tokens, KV cache: HF ``generate`` vs the bridge's,
    unsteered and steered at strength 1 (the eager fit's maps). The fastest of the repeats.
-3. **Converged fit** (1.7B shape, float32): the default fit to convergence, eager vs ``compile=True``:
-   seconds and final loss.
+3. **Converged fit** (1.7B shape, float32): the library's default fit at its default sites, to its
+   stop, eager vs ``compile=True``: seconds and final loss. (Since stop 28 that is ``paper_short`` at
+   ``blocks.N.ln2.hook_out``, which ends after its 300 steps; before, ``fast`` at the outputs.)
 4. **Evaluation sampling** (first shape): ``lineas_tl.evaluate.continuations`` of 48 prompts x 3
    samples (the paper's sampling), steered, at ``batch_size`` 16 (the library default) vs all 144
    rows in one batch (different draws, same distribution; see :mod:`lineas_tl.evaluate.sampling`).
@@ -69,7 +72,7 @@ def prompt_sets(vocab: int, n: int) -> tuple[list[list[int]], list[list[int]]]:
 def lineas_step(bridge: Any, src: Any, tgt: Any, steps: int, warm: int, compile: bool) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        steerer = HookedSteerer(bridge).fit(
+        steerer = HookedSteerer(bridge, sites="outputs").fit(  # the floor's sites: attention and MLP outputs
             src, tgt, steps=warm + steps, early_stop=False, seed=0, progress=False, warn=False, compile=compile
         )
     times = steerer.history_["time"]

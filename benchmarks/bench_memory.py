@@ -12,6 +12,10 @@ forward pass): what the fit adds on top of the loaded model. (``tracemalloc`` do
 torch's allocations; the kernel's ``VmHWM`` does.) Prompts are padded with filler words to the stated token length, since the
 activations the backward pass keeps grow with batch x tokens x depth. Both runs of a setting
 must give the same maps; the largest difference is reported.
+
+The fit is the library's default at the library's default sites: ``RESULTS_memory.md`` (2026-11-27)
+was measured when those were ``preset="fast"`` at every block's attention and MLP outputs (60
+sites); since stop 28 (2026-12-05) they are ``paper_short`` at ``blocks.N.ln2.hook_out`` (30 sites).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def child(tokens: int, steps: int, checkpoint: bool, maps_out: str) -> None:
     save_file({s: torch.cat([m.weight.flatten(), m.bias.flatten()]) for s, m in steerer.maps_.items()}, maps_out)
     print(json.dumps({
         "tokens": tokens, "mean_tokens": n_tok, "steps": steps, "checkpoint": checkpoint,
+        "sites": list(steerer.sites), "preset": steerer.history_.get("preset"),
         "rss_before_mb": before / 1024, "peak_added_mb": (peak - before) / 1024, "seconds": seconds,
         "threads": torch.get_num_threads(),
     }))
@@ -121,6 +126,15 @@ def _version(dist: str) -> str:
         return "?"
 
 
+def _describe_sites(sites: list[str]) -> str:
+    """``60 sites (every ...)`` for the two site sets a default fit has had, else the count and the ends."""
+    if all(s.endswith(("attn.hook_out", "mlp.hook_out", "hook_attn_out", "hook_mlp_out")) for s in sites):
+        return f"{len(sites)} sites (every `hook_attn_out` and `hook_mlp_out`)"
+    if all(s.endswith("ln2.hook_out") for s in sites):
+        return f"{len(sites)} sites (every `ln2.hook_out`)"
+    return f"{len(sites)} sites ({sites[0]} ... {sites[-1]})"
+
+
 def report(results: list[dict], command: str, seconds: float) -> str:
     import torch
     import transformers
@@ -134,9 +148,9 @@ def report(results: list[dict], command: str, seconds: float) -> str:
         f"torch threads {results[0]['plain']['threads']}",
         f"- Software: Python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, transformer-lens {_version('transformer-lens')}",
-        "- Model: SmolLM2-135M-Instruct (embedded, float32), 60 sites (every `hook_attn_out` and `hook_mlp_out`).",
-        "- Fit: LinEAS, library defaults, minibatch of all 32 source and 32 target toxicity prompts, "
-        "prompts padded with filler text to the token length shown.",
+        f"- Model: SmolLM2-135M-Instruct (embedded, float32), {_describe_sites(results[0]['plain']['sites'])}.",
+        f"- Fit: LinEAS, library defaults (`preset={results[0]['plain']['preset']!r}`), minibatch of all 32 source "
+        "and 32 target toxicity prompts, prompts padded with filler text to the token length shown.",
         "- Memory: peak RSS during `fit(...)` minus RSS just before it (after one warm-up forward pass), "
         "each run in a fresh process (kernel `VmHWM` reset with `/proc/self/clear_refs`).",
         "",

@@ -6,16 +6,17 @@
 The model is GPT-2-small-shaped (Hugging Face ``GPT2Config()`` defaults: 12 layers, d_model 768,
 12 heads, d_mlp 3072, vocab 50,257), randomly initialised offline and read through
 ``TransformerBridge`` exactly as the library reads any Hugging Face model. Inputs are token ids, so no
-tokenizer is needed. Steering sites are the library defaults: every block's ``hook_attn_out`` and
-``hook_mlp_out`` (24 maps).
+tokenizer is needed. Steering sites are the library defaults (:func:`lineas_tl.sites.default_sites`):
+since stop 28 (2026-12-05) every block's ``ln2.hook_out`` (12 maps); before, and in ``RESULTS.md`` of
+2026-11-26, every block's ``hook_attn_out`` and ``hook_mlp_out`` (24 maps).
 
 1. **Training step.** One LinEAS step, exactly the body of :func:`lineas_tl.methods.lineas.fit_lineas`
-   (forward of the source minibatch with all 24 maps active and every site pooled, the sorted-W2
+   (forward of the source minibatch with every map active and every site pooled, the sorted-W2
    loss against the target statistics, backward, Adam, cosine schedule, sparse-group-lasso prox)
    against the *bare* forward+backward of the same frozen model on the same batch. The fair baseline
    runs the same layers: LinEAS never needs the logits (``return_type=None``, the unembedding is
-   skipped) and its gradients reach back to the first map, at block 0's attention output. So the
-   baseline makes block 0's attention output a leaf that requires grad, runs the same forward
+   skipped) and its gradients reach back to the first map, at block 0's first site. So the
+   baseline makes that site's activation a leaf that requires grad, runs the same forward
    (no unembedding), takes a scalar of the last block's residual output, and backpropagates to the
    leaf: same layers forward, same layers backward, frozen weights, no maps, no pooling, no loss,
    no optimiser. The ratio is everything LinEAS adds. A second baseline, the full model to logits
@@ -24,8 +25,8 @@ tokenizer is needed. Steering sites are the library defaults: every block's ``ho
    folded weights (:meth:`HookedSteerer.fold`), all through the same ``generate`` call path.
 3. **Loss.** The library's sort-based per-coordinate W2² (:func:`lineas_tl.losses.global_loss`,
    ``backend="sort"``) against the same function on POT's ``ot.wasserstein_1d`` (``backend="pot"``),
-   forward+backward on the same 24 x [batch, 768] tensors.
-4. **Memory.** Peak resident memory added by :func:`lineas_tl.collect_activations` (24 sites, mean
+   forward+backward on the same sites x [batch, 768] tensors.
+4. **Memory.** Peak resident memory added by :func:`lineas_tl.collect_activations` (every site, mean
    pooling, batches of 16) on 128 and on 1024 prompts, each in a fresh process (RSS sampled every
    millisecond), minus the size of the pooled result it returns: what remains must not grow with
    the number of prompts.
@@ -165,7 +166,7 @@ def bench_train_step(model: Any, batch: int, pos: int, repeats: int, warmup: int
         tokens = source.kwargs["input"]
         mask = source.kwargs["attention_mask"]
 
-        def full_step() -> None:  # the whole model to logits and back to block 0's attention output
+        def full_step() -> None:  # the whole model to logits and back to the first site
             with model.hooks(fwd_hooks=[(first, make_leaf)]):
                 logits = model(tokens, attention_mask=mask)
             logits.float().logsumexp(-1).mean().backward()
@@ -174,6 +175,7 @@ def bench_train_step(model: Any, batch: int, pos: int, repeats: int, warmup: int
         times = interleaved({"bare": bare_step, "lineas": lineas_step, "full": full_step}, repeats, warmup)
     return {
         "sites": len(sites),
+        "site_names": sites,
         "batch": f"{batch} x {pos} tokens",
         "bare_s": min(times["bare"]),
         "lineas_s": min(times["lineas"]),

@@ -9,7 +9,9 @@ What it does:
    the same shape from its config with random weights (placement, agreement across devices and
    time per step do not need trained weights). Prompts are token ids (two disjoint vocabulary
    ranges, 8-16 tokens), so no trained tokenizer is needed.
-2. Fits LinEAS (library default preset, a fixed number of steps, no early stop, seed 0) on
+2. Fits LinEAS (library default sites and preset, a fixed number of steps, no early stop, seed 0;
+   since stop 28, 2026-12-05, ``paper_short`` at ``blocks.N.ln2.hook_out``, and before, as in
+   ``RESULTS_device_check.md``, ``fast`` at every attention and MLP output) on
    ``cuda:0`` alone: the reference. Then the same fit under activation checkpointing (same device:
    the maps must agree to float tolerance; reports peak CUDA memory with and without).
 3. Splits the model with :func:`lineas_tl.devices.split`: the first half of the blocks on

@@ -43,6 +43,17 @@ def machine() -> dict[str, str]:
     }
 
 
+def sites_text(t: dict[str, Any]) -> tuple[str, str]:
+    """What the run's sites were, and what folding rewrites there. A results file without
+    ``site_names`` predates stop 28 (2026-12-05), when the default sites were the outputs."""
+    names = t.get("site_names")
+    if names is None or all(n.endswith(("attn.hook_out", "mlp.hook_out", "hook_attn_out", "hook_mlp_out")) for n in names):
+        return "every `hook_attn_out` and `hook_mlp_out`", "the attention output projection and the MLP down projection"
+    if all(n.endswith("ln2.hook_out") for n in names):
+        return "every `ln2.hook_out`, the MLP's input", "the MLP's input projection"
+    return f"{names[0]} ... {names[-1]}", "the linear layers next to each site"
+
+
 def verdict(value: float, target: float, tol: float = 0.0, bold: bool = True) -> str:
     if value <= target + tol:
         return "met"
@@ -56,6 +67,7 @@ def report(res: dict[str, Any]) -> str:
     mach_start, mach_end = res["machine_start"], res["machine_end"]
     rows = m["rows"]
     cmd = res["command"]
+    where, folded_into = sites_text(t)
     lines = [
         "# Benchmarks: what steering costs",
         "",
@@ -70,7 +82,7 @@ def report(res: dict[str, Any]) -> str:
         "ratios are of those, with the ratio of medians in parentheses. Absolute seconds are only "
         "indicative on a shared machine; the ratios are the result.",
         f"- Model: {res['model']}, random weights, via `TransformerBridge`; {t['sites']} steering "
-        "sites (every `hook_attn_out` and `hook_mlp_out`).",
+        f"sites ({where}).",
         "",
         "| # | measurement | ours | reference | ratio | target | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -145,7 +157,7 @@ def report(res: dict[str, Any]) -> str:
             "batching prompts or steering fewer sites shrinks it."
         ),
         f"3. **Folded: {verdict(g['ratio_folded'], TARGETS['generate_folded'], tol=0.02, bold=False)}.** Folding "
-        "rewrites the attention output projection and the MLP down projection in place; the folded "
+        f"rewrites {folded_into} in place; the folded "
         "model runs the very same kernels on tensors of the same shapes as the unsteered one, so any "
         "difference is timing noise. It produced exactly the tokens the hooked model produced.",
         f"4. **Loss.** The sort-based W2² is {1 / lo['ratio']:.1f}x faster than POT's `wasserstein_1d` "

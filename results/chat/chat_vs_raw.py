@@ -15,11 +15,15 @@ For each concept, two forms of the same prompts:
   model's chat template and its generation prompt; the assistant's reply is what is judged
   (``Concept.chat_split`` / ``chat_prompts``). Pooling covers the user turn's content tokens.
 
-LinEAS with the library's default fit on 32 source + 32 target prompts (seed 0), applied at
-strength 0 (the unsteered model) and 1 at every position. Held-out evaluation prompts (other
-templates and subjects than the fit prompts), ``--samples`` sampled continuations each
-(temperature 1.0, top_p 0.3, repetition penalty 1.2, 24 new tokens, the authors' protocol),
-scored by the concept's judge.
+LinEAS with the library's default fit, at the library's default sites (``--sites`` for others), on
+32 source + 32 target prompts (seed 0), applied at strength 0 (the unsteered model) and 1 at every
+position. Held-out evaluation prompts (other templates and subjects than the fit prompts),
+``--samples`` sampled continuations each (temperature 1.0, top_p 0.3, repetition penalty 1.2, 24
+new tokens, the authors' protocol), scored by the concept's judge.
+
+The committed results were made before stop 28 (2026-12-05), when the default sites were every
+block's attention and MLP outputs and the default fit ``preset="fast"``; add ``--sites outputs`` to
+reproduce them. The defaults are now ``blocks.N.ln2.hook_out`` and, there, ``paper_short``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ GEN = dict(do_sample=True, temperature=1.0, top_p=0.3, repetition_penalty=1.2)
 
 
 def run_cell(  # type: ignore[no-untyped-def]
-    model, concept, form: str, n_eval: int, samples: int, max_new: int, fit_args: dict
+    model, concept, form: str, n_eval: int, samples: int, max_new: int, fit_args: dict, sites=None
 ) -> dict:
     evals = concept.eval_prompts[:n_eval]
     if form == "chat":
@@ -56,7 +60,7 @@ def run_cell(  # type: ignore[no-untyped-def]
         source, target = concept.split(32, seed=0)
         prompts = evals
     start = time.perf_counter()
-    steerer = HookedSteerer(model).fit(source, target, progress=False, **fit_args)
+    steerer = HookedSteerer(model, sites).fit(source, target, progress=False, **fit_args)
     fit_seconds = time.perf_counter() - start
     out = {"form": form, "fit_seconds": fit_seconds, "fit_steps": len(steerer.history_["loss"])}
     for strength in (0.0, 1.0):
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=24, help="held-out prompts per concept")
     ap.add_argument("--samples", type=int, default=2, help="sampled continuations per prompt")
     ap.add_argument("--steps", type=int, default=None, help="cap on LinEAS steps (default: the library's)")
+    ap.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's)")
     ap.add_argument("--model", default="smollm2-135m", help="name or .gguf path for lineas_tl.models.load")
     ap.add_argument("--texts-out", help="only fit and generate; write the continuations to this JSON")
     ap.add_argument("--from-texts", help="score the continuations of a --texts-out JSON and write the results")
@@ -118,13 +123,13 @@ def main() -> None:
         for name in ("toxicity", "sentiment"):
             concept = get_concept(name)
             for form in ("raw", "chat"):
-                cell = run_cell(model, concept, form, n_eval, samples, max_new, fit_args)
+                cell = run_cell(model, concept, form, n_eval, samples, max_new, fit_args, args.sites)
                 rows.append({"concept": name, "score_name": concept.score_name, **cell})
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("texts")}), flush=True)
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "a 2-core CPU shared with other jobs"
         meta = {"seconds": time.perf_counter() - start, "device": device, "torch": torch.__version__,
                 "command": "python results/chat/chat_vs_raw.py " + " ".join(sys.argv[1:]),
-                "n_eval": n_eval, "samples": samples, "max_new": max_new, "fit_args": fit_args}
+                "n_eval": n_eval, "samples": samples, "max_new": max_new, "fit_args": fit_args, "sites": args.sites}
         if args.texts_out:
             Path(args.texts_out).write_text(json.dumps({"rows": rows, "meta": meta}))
             return
@@ -132,12 +137,15 @@ def main() -> None:
     n_eval, samples, max_new, fit_args = meta["n_eval"], meta["samples"], meta["max_new"], meta["fit_args"]
     total = meta["seconds"]
     command = "OMP_NUM_THREADS=1 python results/chat/chat_vs_raw.py" + (" --quick" if args.quick else "")
-    flags = (("--eval", args.eval, 24), ("--samples", args.samples, 2), ("--steps", args.steps, None))
+    flags = (("--eval", args.eval, 24), ("--samples", args.samples, 2), ("--steps", args.steps, None),
+             ("--sites", args.sites, None))
     for flag, value, default in flags:
         command += "" if args.quick or value == default else f" {flag} {value}"
     if args.from_texts:  # generated elsewhere (e.g. on a GPU machine), judged here
         command = f"{meta['command']}`, then `python results/chat/chat_vs_raw.py --from-texts {args.from_texts}"
     steps_note = f"the default preset, capped at {fit_args['steps']} steps" if fit_args else "default steps"
+    if meta.get("sites"):
+        steps_note += f", at sites={meta['sites']!r}"
     text = "\n".join([
         "# Chat form vs raw text: LinEAS on SmolLM2-135M-Instruct",
         "",

@@ -6,6 +6,10 @@ the method does not matter for them) on 32 toxic fit prompts vs 32 control promp
 control prompts and 30 neutral target-style prompts. Writes ``drivers.json`` next to this file.
 
     python results/gate/measure_drivers.py
+
+`drivers.json` was made before stop 28 (2026-12-05), at the library's default sites of that time,
+every block's attention and MLP outputs (60 sites). This script has no `--sites`; it now fits at
+the new default sites (`blocks.N.ln2.hook_out`, 30 sites on SmolLM2).
 """
 
 from __future__ import annotations

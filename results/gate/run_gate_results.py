@@ -7,13 +7,13 @@ frontier summary (reference-text perplexity budgets +5/+10/+25%, with the contin
 unsteered model) and the plot under ``results/gate/full/<concept>/``.
 
     python results/gate/run_gate_results.py --quick            # minutes on 2 CPU cores: plumbing only
-    python results/gate/run_gate_results.py --concepts toxicity --threads 1   # 90-100 min per concept on 1 loaded CPU thread
+    python results/gate/run_gate_results.py --concepts toxicity --sites outputs --threads 1   # 90-100 min per concept on 1 loaded CPU thread
     python results/gate/run_gate_results.py --concepts toxicity --gated-only --methods linear_act mean_act caa iti actadd \
-        --strengths 1.5 2 3 4 --out results/gate/extended --threads 1        # the gated baselines past the main grid
+        --strengths 1.5 2 3 4 --sites outputs --out results/gate/extended --threads 1   # the gated baselines past the main grid
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --two-stage \
-        --out results/gate/two_stage --threads 1                              # gated LinEAS in two stages
+        --sites outputs --out results/gate/two_stage --threads 1              # gated LinEAS in two stages
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas mean_act iti \
-        --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard --threads 1   # one 0/1 gate per prompt
+        --gate '{"shared": true, "hard": true}' --sites outputs --out results/gate/shared_hard --threads 1   # one 0/1 gate per prompt
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --sites paper \
         --lineas '{"preset": "paper"}' --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard_paper --threads 1
                                                                           # the paper's recipe at its sites, gated
@@ -21,7 +21,13 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
 for the distribution-matching methods, 12 Wikipedia paragraphs for perplexity, rows beyond +50%
-perplexity not generated), so its plain rows are the main job's rows for the same seed.
+perplexity not generated), so its plain rows are the main job's rows for the same seed and sites.
+
+Without ``--sites`` every method but ITI-c and ActAdd (which choose their own sites) is fitted at the
+library's default sites. Until stop 28 (2026-12-05) those were every block's attention and MLP
+outputs, and LinEAS's default fit was ``preset="fast"``; every folder here but ``shared_hard_paper``
+was made then, so the commands above that reproduce one pass ``--sites outputs`` (LinEAS's default
+fit there is still ``fast``). Since then the default sites are ``blocks.N.ln2.hook_out`` on SmolLM2.
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ def main() -> None:
     ap.add_argument("--strengths", nargs="+", type=float, help="sweep only these (and 0), e.g. past the main grid")
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
-    ap.add_argument("--sites", default=None, help="site preset for every method, e.g. 'paper' (default: the library's)")
+    ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
+                    "(default: the library's; 'outputs' before stop 28)")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))

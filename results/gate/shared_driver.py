@@ -11,7 +11,11 @@ Per driver: the share of the 48 held-out concept prompts it opens (prompt gate >
 neutral texts (held-out reference paragraphs cut to the prompts' length), with the mean gate.
 Writes ``shared_driver/<concept>.md``.
 
-    python results/gate/shared_driver.py --concept sentiment --threads 1
+    python results/gate/shared_driver.py --concept sentiment --threads 1 --sites outputs
+
+`shared_driver/sentiment.md` was made before stop 28 (2026-12-05), without `--sites`, when the
+library's default sites were every block's attention and MLP outputs (`--sites outputs` reproduces
+it); without `--sites` it now fits at the library's default sites (`blocks.N.ln2.hook_out` on SmolLM2).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def main() -> None:
     ap.add_argument("--concept", default="sentiment")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=48)
+    ap.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = models.load("smollm2-135m")
@@ -38,7 +43,7 @@ def main() -> None:
     prompts = concept.eval_prompts[: args.n_eval]
     n_words = max(len(p.split()) for p in prompts)
     neutral = [" ".join(t.split()[:n_words]) for t in common["reference_texts"]]
-    steerer = HookedSteerer(model).fit(src, tgt, method="mean_act", control=control, gate=True, progress=False)
+    steerer = HookedSteerer(model, args.sites).fit(src, tgt, method="mean_act", control=control, gate=True, progress=False)
     active = steerer.gate_.active_sites
 
     def prompt_gates(texts: list[str]) -> torch.Tensor:
@@ -52,7 +57,8 @@ def main() -> None:
     for i in range(3, len(active), max(1, len(active) // 6)):
         drivers[f"{active[i]} alone"] = (held[:, i], neut[:, i])
     lines = [f"# One gate for every site: which driver? ({args.concept})", "",
-             f"Command: `python results/gate/shared_driver.py --concept {args.concept} --threads {args.threads}`; "
+             f"Command: `python results/gate/shared_driver.py --concept {args.concept} --threads {args.threads}"
+             + (f" --sites {args.sites}" if args.sites else "") + "`; "
              f"{len(prompts)} held-out prompts, {len(neutral)} neutral texts, {len(active)} active probes.", "",
              "| driver | held-out prompts opened | mean gate | neutral texts opened | mean gate |", "|---|---|---|---|---|"]  # fmt: skip
     for name, (h, n) in drivers.items():

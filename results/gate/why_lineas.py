@@ -27,6 +27,12 @@ by later runs.
 
     python results/gate/why_lineas.py --concept sentiment --threads 1
     python results/gate/why_lineas.py --concept sentiment --threads 1 --n-eval 48   # the same fits, 48 prompts
+
+Sites: the library's default, as the gate run's. `why_lineas/sentiment*` were made before stop 28
+(2026-12-05), when that was every block's attention and MLP outputs (and LinEAS's default fit
+`preset="fast"`); it is now `blocks.N.ln2.hook_out` on SmolLM2 (LinEAS: `paper_short`). This script
+has no `--sites`: a fresh run fits at the new default, while a run that finds the old fits saved in
+`steerers/` reuses them.
 """
 
 from __future__ import annotations

@@ -11,12 +11,17 @@ same fit and held-out prompts as `run.py`) and reports, for each variant:
   better than new ones);
 - the fit's steps, final loss, whether it converged, and seconds.
 
-Variants: the library default (fast preset, 300-step cap); early stopping (50 and 100 steps);
-sparsity (gamma 0.3 and 0.5, see `README.md`); the control term (`control=` 32 neutral prompts,
-no gate); the paper's recipe at `ln2.hook_out` (`--paper`: 1000 SGD steps, slow on a CPU).
-The W2 ratios are normalised per site, so variants at other sites compare on the same scale.
+Variants, at the library's default sites (``--sites`` for others): the library's default fit;
+early stopping (50 and 100 steps); sparsity (gamma 0.3 and 0.5, see `README.md`); the control term
+(`control=` 32 neutral prompts, no gate); the paper's recipe at `ln2.hook_out` (`--paper`: 1000 SGD
+steps, slow on a CPU). The W2 ratios are normalised per site, so variants at other sites compare on
+the same scale.
 
-    python results/paper_claims/generalise.py --threads 1             # about an hour on one CPU thread
+`toxicity/generalise/` was made before stop 28 (2026-12-05), when the default sites were every
+block's attention and MLP outputs (60) and the default fit the fast preset (300-step cap):
+`--sites outputs` reproduces it. The defaults are now `blocks.N.ln2.hook_out` and `paper_short`.
+
+    python results/paper_claims/generalise.py --threads 1 --sites outputs   # about an hour on one CPU thread
     python results/paper_claims/generalise.py --threads 1 --paper     # and the paper's recipe
     python results/paper_claims/generalise.py --quick                 # plumbing: 8 prompts, 5 steps
 """
@@ -63,6 +68,8 @@ def main() -> None:
     ap.add_argument("--paper", action="store_true", help="also the paper's recipe at ln2.hook_out (1000 SGD steps)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--sites", default=None, help="site preset of every variant but --paper's, e.g. 'outputs' "
+                    "(default: the library's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = models.load("smollm2-135m")
@@ -76,7 +83,7 @@ def main() -> None:
     rows = []
     for name, spec in (VARIANTS | (PAPER if args.paper else {})).items():
         spec = dict(spec)
-        sites = spec.pop("sites", None)
+        sites = spec.pop("sites", args.sites)
         kw: dict[str, Any] = {"control": control} if spec.pop("control", False) else {}
         if args.quick:
             spec["steps"] = min(spec.get("steps", 5), 5)
@@ -92,6 +99,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         (out / "rows.json").write_text(json.dumps(rows, indent=1))
     command = "python results/paper_claims/generalise.py --threads " + str(args.threads) + (" --paper" if args.paper else "") + (" --quick" if args.quick else "")
+    command += f" --sites {args.sites}" if args.sites else ""
     lines = [f"# What makes LinEAS generalise: {args.concept}, N = {n}, seed 0", "", f"Command: `{command}`", "",
              "| variant | in-sample W2 ratio | held-out W2 ratio | gap (held-out / in-sample) | steps | final loss | converged | sites | fit s |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -3,7 +3,14 @@ operating points next to the frontier view, and held-out W2 per site.
 
     python results/paper_claims/run.py --out results/paper_claims            # full: hours on CPU
     python results/paper_claims/run.py --out /tmp/paper_claims --quick       # a few minutes on CPU
-    python results/paper_claims/run.py --out results/paper_claims/toxicity --cpu   # about 2 h on 2 CPU cores
+    python results/paper_claims/run.py --out results/paper_claims/toxicity --cpu --sites outputs   # about 2 h on 2 CPU cores
+
+Sites and LinEAS's fit default to the library's (``--sites``, ``--preset``). Until stop 28
+(2026-12-05) those were every block's attention and MLP outputs and ``preset="fast"``;
+``results/paper_claims/toxicity`` was measured then, and its ``protocol.json`` now says
+``"sites": "outputs"`` (``null`` meant the same at the time), so only a run with
+``--sites outputs`` adds rows to it. Since stop 28 the default sites are ``blocks.N.ln2.hook_out``
+and the fit there ``paper_short``.
 
 Protocol (every number in the outputs comes from here):
 
@@ -303,8 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few minutes on CPU: tiny N, one seed, short fits")
     parser.add_argument("--cpu", action="store_true", help="the scope of about two hours on 2 CPU cores (Config.cpu)")
     parser.add_argument("--concept", default=None)
-    parser.add_argument("--preset", default=None, help="LinEAS preset (default: the library's)")
-    parser.add_argument("--sites", default=None, help="site preset for every method, e.g. 'paper'")
+    parser.add_argument("--preset", default=None, help="LinEAS preset (default: the library's, 'auto')")
+    parser.add_argument("--sites", default=None, help="site preset for every method but ITI-c, e.g. 'paper' or 'outputs' "
+                        "(default: the library's; 'outputs' before stop 28)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--parts", nargs="*", choices=list(PARTS), default=list(PARTS),
                         help="what to measure (default: all; none: only write the report from rows.jsonl)")  # fmt: skip

@@ -8,6 +8,13 @@ a ranking; ``--seed k`` redraws the fit prompts and the sampling (the held-out p
 perplexity text stay the same, so seeds share one yardstick) and `seeds.py` pools the seeds.
 
     python results/preset_screen/screen.py --sites paper --preset paper --out results/preset_screen/paper_at_ln2
+
+Without ``--sites`` a run takes the library's default sites. Those changed at stop 28 (2026-12-05):
+before, every block's attention and MLP outputs (``"outputs"``, 60 sites on SmolLM2); since,
+``blocks.N.ln2.hook_out`` (``"paper"``). The ``default/`` folders were written before, with
+``--preset fast`` and no ``--sites``; to reproduce them, add ``--sites outputs``:
+
+    python results/preset_screen/screen.py --sites outputs --preset fast --concept C --seed K --out results/preset_screen/default/C-seedK
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from lineas_tl.evaluate.sweep import compare
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", default=None, help="site preset or None for the library's default sites")
+    parser.add_argument("--sites", default=None, help="site preset (outputs, norms, paper); default: the library's "
+                        "default sites (outputs before stop 28, paper since)")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--concept", default="toxicity")
     parser.add_argument("--seed", type=int, default=0)

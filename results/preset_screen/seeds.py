@@ -1,7 +1,7 @@
 """Pool the preset screen over seeds: each candidate's best held-out score within each budget.
 
-Reads the ``comparison.csv`` that `screen.py` (and, for the library default at seed 0, the main
-job) wrote for every seed, recomputes each seed's frontier, and writes ``SEEDS.md``:
+Reads the ``comparison.csv`` that `screen.py` (and, for the old default at seed 0, the main job)
+wrote for every seed, recomputes each seed's frontier, and writes ``SEEDS.md``:
 
 - per seed, the best score within each reference-perplexity budget with its 95% interval over
   prompts;
@@ -11,6 +11,11 @@ job) wrote for every seed, recomputes each seed's frontier, and writes ``SEEDS.m
   held-out prompts), with the same two intervals.
 
     python results/preset_screen/seeds.py
+
+The candidate ``default`` is the library's default before stop 28 (2026-12-05): ``preset="fast"`` at
+every block's attention and MLP outputs. Its seed 0 is the main job's run of that time, kept in
+``results/at_outputs/<concept>/`` since the main job (``results/<concept>/``) was rerun at the new
+default (the paper's sites, ``paper_short``).
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from lineas_tl.evaluate.frontier import frontier_summary
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent
 BUDGETS = (0.05, 0.10, 0.25)
-CANDIDATES = ("default", "paper_at_ln2", "paper300_at_ln2")  # folders of screen.py runs; the first is the library's default
+# folders of screen.py runs; the first is the library's default before stop 28 (fast at the outputs)
+CANDIDATES = ("default", "paper_at_ln2", "paper300_at_ln2")
 
 
 def runs(candidate: str, concept: str) -> dict[int, Path]:
     """``{seed: comparison.csv}`` for one candidate and concept, the seeds found on disk (seed 0 of
-    the first two candidates on toxicity and sentiment lives where it was first written)."""
+    the first two candidates on toxicity and sentiment lives where it was first written; the old
+    default's, the main job's run before stop 28, where it was moved)."""
     seed0 = {
-        ("default", "toxicity"): RESULTS / "toxicity",
-        ("default", "sentiment"): RESULTS / "sentiment",
+        ("default", "toxicity"): RESULTS / "at_outputs" / "toxicity",
+        ("default", "sentiment"): RESULTS / "at_outputs" / "sentiment",
         ("paper_at_ln2", "toxicity"): HERE / "paper_at_ln2",
         ("paper_at_ln2", "sentiment"): HERE / "paper_at_ln2_sentiment",
     }.get((candidate, concept))

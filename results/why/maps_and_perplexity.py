@@ -3,9 +3,14 @@
     OMP_NUM_THREADS=1 python results/why/maps_and_perplexity.py --concept toxicity   # writes results/why/
     python results/why/maps_and_perplexity.py --quick                                # a smoke run, prints only
 
-The comparisons in ``results/<concept>/`` show LinEAS reaching the ceiling at strength 1 but at a
-higher perplexity than the mean-shift baselines. Every map applies at every position, the BOS
-token included (the library's choice: the fit sees it and ``fold`` stays exact). SmolLM2's BOS
+``toxicity.md`` and ``style.md`` were written before stop 28 (2026-12-05), when the library's
+default sites were every block's attention and MLP outputs and LinEAS's default fit
+``preset="fast"``; ``--sites outputs`` reproduces them. Without ``--sites`` the script now fits at
+the new defaults (``blocks.N.ln2.hook_out``, ``paper_short``), as ``lineas-tl demo`` does.
+
+The comparisons of that time (``results/at_outputs/<concept>/``) show LinEAS reaching the ceiling
+at strength 1 but at a higher perplexity than the mean-shift baselines. Every map applies at every
+position, the BOS token included (the library's choice: the fit sees it and ``fold`` stays exact). SmolLM2's BOS
 activations are hundreds of times larger than the other tokens' (an attention sink), and a
 per-coordinate scale ``omega`` moves a large activation by a large amount, where a shift ``b``
 moves every token alike. This script fits the methods exactly as ``lineas-tl demo`` does (same
@@ -90,6 +95,7 @@ def main() -> None:
     parser.add_argument("--concept", default="toxicity")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--quick", action="store_true", help="10 LinEAS steps, 4 paragraphs; prints only")
+    parser.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's, as the demo)")
     args = parser.parse_args()
     started = time.perf_counter()
     lm = models.load("smollm2-135m")
@@ -102,7 +108,7 @@ def main() -> None:
     rows, fit_line = [], ""
     for method in METHODS:
         kw = {"steps": 10} if args.quick and method == "lineas" else {}
-        steerer = HookedSteerer(lm).fit(source, target, method, progress=False, **kw)
+        steerer = HookedSteerer(lm, args.sites).fit(source, target, method, progress=False, **kw)
         fit = steerer.history_
         dev = torch.cat([(m.weight - 1).abs().flatten() for m in steerer.maps_.values()])
         omega = f"mean {float(dev.mean()):.3f}, max {float(dev.max()):.2f}"
@@ -127,8 +133,9 @@ def main() -> None:
     text = "\n".join([
         f"# Why LinEAS costs more perplexity: {args.concept}, SmolLM2-135M",
         "",
-        f"Command: `OMP_NUM_THREADS=1 python results/why/maps_and_perplexity.py --concept {args.concept}` "
-        f"({seconds:.0f} s). Fits as in `lineas-tl demo` (32 + 32 prompts, seed 0, library defaults); "
+        f"Command: `OMP_NUM_THREADS=1 python results/why/maps_and_perplexity.py --concept {args.concept}"
+        + (f" --sites {args.sites}" if args.sites else "") + f"` ({seconds:.0f} s). Fits as in `lineas-tl demo` "
+        f"(32 + 32 prompts, seed 0, library defaults{f', sites={args.sites!r}' if args.sites else ''}); "
         f"perplexity on the demo's {len(refs)} reference paragraphs (unsteered {base:.2f}), relative to the "
         "unsteered model. 'Moved' is `mean ||T(z) - z|| / mean ||z||` averaged over the sites; "
         "`abs(omega - 1)` is over every coordinate of every site (0 for the shifts).",
