@@ -66,11 +66,12 @@ def fit(
         ),
     ] = "lineas",
     steps: Annotated[
-        int | None, typer.Option(help="Most optimisation steps (LinEAS: 300, stops earlier once converged).")
+        int | None, typer.Option(help="Most optimisation steps (LinEAS: 300 by default).")
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="LinEAS recipe: fast (default), paper (the paper's recipe for the model: SGD lr 0.1, 1000 "
-                          "cosine steps for a language model), authors_yaml (Adam lr 1e-3). See docs/fitting.md.")
+        str | None, typer.Option(help="LinEAS recipe: auto (default: paper_short, the paper's SGD lr 0.1 stopped at 300 "
+                          "steps, at norm outputs; fast elsewhere), fast, paper (1000 steps for a language model), "
+                          "authors_yaml (Adam lr 1e-3). See docs/fitting.md.")
     ] = None,
     sites: Annotated[
         list[str] | None,
@@ -78,8 +79,8 @@ def fit(
             "--sites",
             "--site",
             help="Hook name, alias, regex or preset (repeatable). Presets: outputs (every block's "
-            "hook_attn_out and hook_mlp_out), norms (layer-norm outputs), paper (the paper's: ln2 in a pre-LN model). Default: the paper's post-sublayer "
-            "norms (ln1_post/ln2_post) in Gemma-2/3; outputs in a pre-LN model (GPT-2, Llama, SmolLM2).",
+            "hook_attn_out and hook_mlp_out), norms (layer-norm outputs), paper (the paper's). Default: the paper's: "
+            "ln2 in a pre-LN model (GPT-2, Llama, SmolLM2), the post norms (ln1_post/ln2_post) in Gemma-2/3.",
         ),
     ] = None,
     pooling: Annotated[str, typer.Option(help="Pooling over tokens: mean, last or all.")] = "mean",
