@@ -135,3 +135,13 @@ def test_smollm2_steered_in_llama_cpp_like_in_transformer_lens(smollm2, tmp_path
         assert score["tl"] < plain_tl and score["cpp"] <= plain_cpp + 0.02, msg
         moved.append(score["cpp"] - plain_cpp)
     assert np.mean(moved) < 0, f"llama.cpp's negativity moved by {moved} (plain {plain_cpp:.3f})"
+    # the default sites (ln2.hook_out): affine maps folded into the Q4_1 file's ffn_gate / ffn_up
+    # columns and new F32 biases; parity only (Linear-AcT barely moves sentiment there)
+    at_norms = HookedSteerer(smollm2).fit(split.source, split.target, method="linear_act", support=None,
+                                          progress=False)
+    assert at_norms.sites[0] == "blocks.0.ln2.hook_out"
+    report = parity.teacher_forced(smollm2, at_norms, at_norms.export(tmp_path / "ln2.gguf", format="gguf"),
+                                   prompts, plain_gguf=plain, n_new=n_new)
+    print(f"linear_act at ln2.hook_out gguf: {report}")
+    report.check()
+    assert report.n_decisive >= 10, report
