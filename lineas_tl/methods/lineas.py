@@ -154,7 +154,7 @@ def fit_lineas(
             (less memory, about one more forward pass of time); see :mod:`lineas_tl.checkpointing`.
         seed: seeds the minibatch sampling; the fit is deterministic for a seed.
         log_every: support is recorded every ``log_every`` steps.
-        warn: emit :class:`NotConvergedWarning` when the fit ends while the loss is still falling.
+        warn: emit :class:`NotConvergedWarning` when the loss is still falling at the end (not at paper_short's own budget).
         compile: capture the full-batch step (forward, loss, backward) once as a CUDA graph and replay
             it every step (see :mod:`lineas_tl.capture`; same maps to float tolerance). Needs every
             prompt in every step and no gate or control term; otherwise, or on a CPU, warns and runs eagerly.
