@@ -126,18 +126,12 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def _describe_sites(sites: list[str]) -> str:
-    """``60 sites (every ...)`` for the two site sets a default fit has had, else the count and the ends."""
-    if all(s.endswith(("attn.hook_out", "mlp.hook_out", "hook_attn_out", "hook_mlp_out")) for s in sites):
-        return f"{len(sites)} sites (every `hook_attn_out` and `hook_mlp_out`)"
-    if all(s.endswith("ln2.hook_out") for s in sites):
-        return f"{len(sites)} sites (every `ln2.hook_out`)"
-    return f"{len(sites)} sites ({sites[0]} ... {sites[-1]})"
-
-
 def report(results: list[dict], command: str, seconds: float) -> str:
     import torch
     import transformers
+    from overhead_report import describe_sites  # the benchmarks' folder is on sys.path when run as a script
+
+    sites = results[0]["plain"]["sites"]
 
     lines = [
         "# Benchmarks: memory of a LinEAS fit, with and without activation checkpointing",
@@ -148,7 +142,7 @@ def report(results: list[dict], command: str, seconds: float) -> str:
         f"torch threads {results[0]['plain']['threads']}",
         f"- Software: Python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{transformers.__version__}, transformer-lens {_version('transformer-lens')}",
-        f"- Model: SmolLM2-135M-Instruct (embedded, float32), {_describe_sites(results[0]['plain']['sites'])}.",
+        f"- Model: SmolLM2-135M-Instruct (embedded, float32), {len(sites)} sites ({describe_sites(sites)[0]}).",
         f"- Fit: LinEAS, library defaults (`preset={results[0]['plain']['preset']!r}`), minibatch of all 32 source "
         "and 32 target toxicity prompts, prompts padded with filler text to the token length shown.",
         "- Memory: peak RSS during `fit(...)` minus RSS just before it (after one warm-up forward pass), "

@@ -43,10 +43,10 @@ def machine() -> dict[str, str]:
     }
 
 
-def sites_text(t: dict[str, Any]) -> tuple[str, str]:
-    """What the run's sites were, and what folding rewrites there. A results file without
-    ``site_names`` predates stop 28 (2026-12-05), when the default sites were the outputs."""
-    names = t.get("site_names")
+def describe_sites(names: list[str] | None) -> tuple[str, str]:
+    """What a run's sites were, and what folding rewrites there (for this report and
+    ``bench_memory.py``'s). ``None``: a results file from before stop 28 (2026-12-05), when the
+    default sites were the outputs."""
     if names is None or all(n.endswith(("attn.hook_out", "mlp.hook_out", "hook_attn_out", "hook_mlp_out")) for n in names):
         return "every `hook_attn_out` and `hook_mlp_out`", "the attention output projection and the MLP down projection"
     if all(n.endswith("ln2.hook_out") for n in names):
@@ -67,7 +67,7 @@ def report(res: dict[str, Any]) -> str:
     mach_start, mach_end = res["machine_start"], res["machine_end"]
     rows = m["rows"]
     cmd = res["command"]
-    where, folded_into = sites_text(t)
+    where, folded_into = describe_sites(t.get("site_names"))
     lines = [
         "# Benchmarks: what steering costs",
         "",
