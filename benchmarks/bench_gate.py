@@ -2,7 +2,9 @@
 
 Times ``steerer.generate`` for the same prompts with the ungated maps, and with each gate driver
 on the same maps (a Mean-AcT steerer on every site, gate threshold 0 so every site is gated),
-with the shared hard gate (``gate={"shared": True, "hard": True}``), and the unsteered model.
+with the shared hard gate (``gate={"shared": True, "hard": True}``), with it voting from the first
+sites only (``--vote-sites K``: ``vote_sites=K``, whose pass over the prompt stops after the K-th
+site), and the unsteered model.
 The runs are interleaved (one of each configuration per round, so a neighbour's load falls on all
 of them alike) and each row is the median over ``--repeats`` rounds, of wall time and of this
 process's CPU time (less sensitive to other jobs on a shared machine).
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_gate.md")))
     ap.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's)")
+    ap.add_argument("--vote-sites", type=int, nargs="*", default=[], help="shared gates voting from the first K sites")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lineas_tl import HookedSteerer, models
@@ -52,9 +55,11 @@ def main() -> None:
 
     def configure(name: str) -> float:
         steerer.gate_ = None if name in ("unsteered", "ungated") else gate
-        if steerer.gate_ is not None:  # "shared": one 0/1 gate per prompt, read in a pass of its own
-            gate.options.driver = "prompt" if name == "shared" else name
-            gate.options.shared = gate.options.hard = name == "shared"
+        if steerer.gate_ is not None:  # "shared[K]": one 0/1 gate per prompt, read in a pass of its own
+            shared = name.startswith("shared")
+            gate.options.driver = "prompt" if shared else name
+            gate.options.shared = gate.options.hard = shared
+            gate.options.vote_sites = int(name[6:]) if shared and name != "shared" else None
         return 0.0 if name == "unsteered" else 1.0
 
     def once(name: str) -> tuple[float, float]:
@@ -63,7 +68,7 @@ def main() -> None:
         steerer.generate(prompts, strength, max_new_tokens=args.new_tokens, return_type="tokens", stop_at_eos=False)
         return (time.perf_counter() - wall) / args.new_tokens, (time.process_time() - cpu) / args.new_tokens
 
-    names = ["unsteered", "ungated", "token", "running", "prompt", "shared"]
+    names = ["unsteered", "ungated", "token", "running", "prompt", "shared", *(f"shared{k}" for k in args.vote_sites)]
 
     def hooks_cpu(name: str) -> float:
         """CPU seconds per generated token spent inside the steering hooks (outermost calls only)."""
@@ -104,7 +109,8 @@ def main() -> None:
     wall = {n: statistics.median(t[0] for t in times[n]) for n in names}
     cpu = {n: statistics.median(t[1] for t in times[n]) for n in names}
     label = {"unsteered": "unsteered (strength 0)", "ungated": "ungated maps",
-             "shared": "gated, shared and hard (the prompt's vote, one extra pass over the prompt)"}
+             "shared": "gated, shared and hard (the prompt's vote, one extra pass over the prompt)",
+             **{f"shared{k}": f"gated, shared and hard, the first {k} sites vote (the extra pass stops there)" for k in args.vote_sites}}
     rows = [
         f"| {label.get(n, f'gated, driver={n}')} | {1000 * wall[n]:.1f} | {100 * (wall[n] / wall['ungated'] - 1):+.1f}% "
         f"| {1000 * cpu[n]:.1f} | {100 * (cpu[n] / cpu['ungated'] - 1):+.1f}% "
@@ -136,6 +142,7 @@ def main() -> None:
         "whose probe is below the threshold is not attached at all. The shared gate's hooks only blend",
         "(the gate is one number per row); its cost is the unsteered pass over the prompt that reads the",
         "probes' vote before generating, which is in the whole-generation columns, not in the hooks'.",
+        *(["With `vote_sites=K` only the first K sites' probes vote, and that pass stops after the K-th site."] if args.vote_sites else []),
     ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -46,6 +46,10 @@ def test_options_are_checked():
         GateOptions(shared=True, end_to_end=True)
     with pytest.raises(SteeringInputError, match="whole prompt"):
         GateOptions(shared=True, driver="token")
+    with pytest.raises(SteeringInputError, match="add shared=True"):
+        GateOptions(vote_sites=2)
+    with pytest.raises(SteeringInputError, match="vote_sites must be >= 1"):
+        GateOptions(shared=True, vote_sites=0)
 
 
 # --------------------------------------------------------------------------- on a model
@@ -81,6 +85,36 @@ def test_vote_by_hand(shared):
     assert torch.allclose(got, expected, atol=1e-5)
     hard = fit["hard"].prompt_gate(prompts)
     assert torch.equal(hard, (expected >= 0.5).float())
+
+
+def test_a_vote_of_the_first_sites_stops_its_pass_there(shared, tmp_path):
+    """``vote_sites=k``: the first k active probes vote, the pass over the prompt reaches no later
+    site, the option is read at inference (set on a fitted steerer) and saved with it."""
+    model, fit, _ = shared
+    steerer = fit["soft"]
+    prompts = ["the cat sat", "you are a stupid idiot and"]
+    active = steerer.gate_.active_sites
+    assert len(active) >= 3, "the fixture should have several active probes"
+    batch = generation_batch(steerer.runner, prompts)
+    _, cache = model.run_with_cache(batch.kwargs["input"], attention_mask=batch.kwargs["attention_mask"])
+    mask = batch.mask.float()
+    logits = [steerer.gate_.probes[s].unfolded_logit((cache[s] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)) for s in active[:2]]
+    reached: list[str] = []
+    late = [s for s in steerer.maps_ if s not in active[:2]][-1]
+    steerer.gate_.options.vote_sites = 2
+    try:
+        model.add_hook(late, lambda act, hook: reached.append(hook.name))
+        got = steerer.prompt_gate(prompts)
+        model.reset_hooks()
+        assert torch.allclose(got, torch.sigmoid(torch.stack(logits).mean(0)), atol=1e-5)
+        assert reached == [], f"the vote's pass ran on to {late}"
+        assert "prompt vote of the first 2 active sites" in repr(steerer)
+        steerer.save(tmp_path / "v")
+        again = HookedSteerer.load(tmp_path / "v", model)
+        assert again.gate_.options.vote_sites == 2 and torch.equal(again.prompt_gate(prompts), got)
+    finally:
+        model.reset_hooks()
+        steerer.gate_.options.vote_sites = None
 
 
 @pytest.mark.parametrize("kind", ["soft", "hard"])

@@ -46,6 +46,10 @@ class GateOptions:
             steered, whether its own probe is active or not. Language models only.
         hard: the gate is 0 or 1 (the probe's probability, or the shared vote, at least 1/2)
             instead of the probability itself.
+        vote_sites: a shared gate only: the vote reads the first ``vote_sites`` active probes in
+            the model's order (default: all of them), and its pass over the prompt stops after the
+            last of them, so it costs that share of a forward pass. Read at inference only: it
+            can be changed on a fitted steerer (``steerer.gate_.options.vote_sites = 8``).
     """
 
     driver: str = DEFAULT_DRIVER
@@ -57,8 +61,13 @@ class GateOptions:
     end_to_end: bool | None = None
     shared: bool = False
     hard: bool = False
+    vote_sites: int | None = None
 
     def __post_init__(self) -> None:
+        if self.vote_sites is not None:
+            check_number("gate vote_sites", self.vote_sites, minimum=1, integer=True)
+            if not self.shared:
+                raise SteeringInputError("vote_sites sets how many probes vote on a shared gate; add shared=True or drop it")
         if self.shared and self.driver != "prompt":
             raise SteeringInputError(f"a shared gate is read from the whole prompt; drop driver={self.driver!r}")
         if self.end_to_end is None:
@@ -138,7 +147,10 @@ class Gate:
         acc = [a for a in self.accuracy.values() if a == a]
         span = f", held-out accuracy {min(acc):.2f}-{max(acc):.2f}" if acc else ""
         kind = ("shared " if self.options.shared else "") + ("hard " if self.options.hard else "")
-        driver = "prompt vote" if self.options.shared else self.driver
+        driver = self.driver
+        if self.options.shared:
+            n = len(self.active_sites[: self.options.vote_sites])
+            driver = "prompt vote" if self.options.vote_sites is None else f"prompt vote of the first {n} active sites"
         return f"{kind}gate ({driver}): {len(self.active_sites)}/{len(self.probes)} sites active{span}"
 
     def wrap(

@@ -18,7 +18,8 @@ probability of 1/2), else 0, so a prompt is steered fully or not at all. Every s
 then steered as :math:`z + \lambda g (T(z) - z)`, active probe or not.
 
 Reading the vote needs the activations of every active site before the first one is steered, so it
-costs one unsteered forward pass over the prompt (:func:`read_shared_gate`), done by
+costs one unsteered forward pass over the prompt, up to the deepest voting site (``vote_sites``
+restricts the vote to the first active sites and so shortens the pass) (:func:`read_shared_gate`), done by
 ``steerer.generate``, the perplexity evaluation and ``steerer.gates``; with a hand-made forward
 pass, pass ``prompt_gate=steerer.prompt_gate(prompt)`` to ``fwd_hooks`` / ``steer`` / ``hooks``.
 Generated tokens all take the prompt's gate, so the result is the same with and without the KV cache.
@@ -40,9 +41,10 @@ from lineas_tl.gate.state import features_last, probe_logit, squash
 def read_shared_gate(gate: Any, maps: Mapping[str, Any], runner: Any, batch: Any) -> Float[Tensor, " batch"]:
     """The shared gate of each row of ``batch`` (a :class:`~lineas_tl.runner.Batch` of prompts, padded
     as the steered pass will pad them): the active probes' vote on the unsteered activations,
-    averaged over each row's counted tokens (``batch.mask``). A row with no counted token, or a
-    gate with no active site, gets 0."""
-    sites = [s for s in maps if s in gate.active_sites]
+    averaged over each row's counted tokens (``batch.mask``). Only the first
+    ``gate.options.vote_sites`` active sites vote (all by default), and the pass stops after the last
+    of them. A row with no counted token, or a gate with no active site, gets 0."""
+    sites = [s for s in maps if s in gate.active_sites][: gate.options.vote_sites]
     if not sites:
         return torch.zeros(batch.size)
     mask = batch.mask

@@ -7,15 +7,19 @@ measures how each separates held-out concept prompts from neutral text, with the
 fitted as in the gate run (`run_gate_results.protocol`, seed 0; the probes read the unsteered
 model, so they are the same for every method: Mean-AcT's are used).
 
-Per driver: the share of the 48 held-out concept prompts it opens (prompt gate >= 1/2) and of the
-neutral texts (held-out reference paragraphs cut to the prompts' length), with the mean gate.
-Writes ``shared_driver/<concept>.md``.
+Per driver: the share of the 48 held-out concept prompts it opens (prompt gate >= 1/2), of the
+neutral texts (held-out reference paragraphs cut to the prompts' length) and of the control prompts
+the fit did not draw, with the mean gate, and how often it decides as the full vote does. The
+votes of the first k active probes (``GateOptions.vote_sites = k``) are the drivers whose pass over
+the prompt stops early: they cost that share of the full vote's pass.
+Writes ``shared_driver/<concept>-<sites>.md``.
 
+    python results/gate/shared_driver.py --concept sentiment --threads 1                  # the default sites
     python results/gate/shared_driver.py --concept sentiment --threads 1 --sites outputs
 
-`shared_driver/sentiment.md` was made before stop 28 (2026-12-05), without `--sites`, when the
-library's default sites were every block's attention and MLP outputs (`--sites outputs` reproduces
-it); without `--sites` it now fits at the library's default sites (`blocks.N.ln2.hook_out` on SmolLM2).
+`shared_driver/sentiment-outputs.md` was made before stop 28 (2026-12-05), when the library's
+default sites were every block's attention and MLP outputs, by the script as it was then (no
+prefix votes, no unseen control prompts).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 
 from run_gate_results import HERE, protocol
 
+VOTE_PREFIXES = (1, 2, 4, 6, 8, 12, 16, 24)
+
 
 def main() -> None:
     from lineas_tl import HookedSteerer, models
@@ -35,6 +41,7 @@ def main() -> None:
     ap.add_argument("--concept", default="sentiment")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-eval", type=int, default=48)
+    ap.add_argument("--n-control", type=int, default=128, help="unseen control prompts scored")
     ap.add_argument("--sites", default=None, help="site preset, e.g. 'outputs' (default: the library's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,23 +57,36 @@ def main() -> None:
         """``[texts, active sites]``: each site's prompt gate on the (barely) unsteered model."""
         return torch.stack([torch.stack([steerer.gates(t, strength=1e-6).values[s][-1] for s in active]) for t in texts])
 
-    held, neut = prompt_gates(prompts), prompt_gates(neutral)
+    fit_control = set(control)
+    unseen = [p for p in concept.control_pool if p not in fit_control][: args.n_control]
+    held, neut, ctrl = prompt_gates(prompts), prompt_gates(neutral), prompt_gates(unseen)
     logit = lambda g: torch.logit(g.clamp(1e-6, 1 - 1e-6))  # noqa: E731
-    drivers = {"the vote of every active probe (mean logit)": (torch.sigmoid(logit(held).mean(1)), torch.sigmoid(logit(neut).mean(1))),
-               f"the first active site alone ({active[0]})": (held[:, 0], neut[:, 0])}  # fmt: skip
+    vote = lambda g, k=None: torch.sigmoid(logit(g[:, :k]).mean(1))  # noqa: E731
+    drivers = {"the vote of every active probe (mean logit)": (vote(held), vote(neut), vote(ctrl))}
+    for k in VOTE_PREFIXES:
+        if k < len(active):
+            drivers[f"the vote of the first {k} active probes (up to {active[k - 1]})"] = (vote(held, k), vote(neut, k), vote(ctrl, k))
+    drivers[f"the first active site alone ({active[0]})"] = (held[:, 0], neut[:, 0], ctrl[:, 0])
     for i in range(3, len(active), max(1, len(active) // 6)):
-        drivers[f"{active[i]} alone"] = (held[:, i], neut[:, i])
+        drivers[f"{active[i]} alone"] = (held[:, i], neut[:, i], ctrl[:, i])
+    full = torch.cat([d >= 0.5 for d in drivers["the vote of every active probe (mean logit)"]])
     lines = [f"# One gate for every site: which driver? ({args.concept})", "",
              f"Command: `python results/gate/shared_driver.py --concept {args.concept} --threads {args.threads}"
              + (f" --sites {args.sites}" if args.sites else "") + "`; "
-             f"{len(prompts)} held-out prompts, {len(neutral)} neutral texts, {len(active)} active probes.", "",
-             "| driver | held-out prompts opened | mean gate | neutral texts opened | mean gate |", "|---|---|---|---|---|"]  # fmt: skip
-    for name, (h, n) in drivers.items():
+             f"{len(prompts)} held-out prompts, {len(neutral)} neutral texts (reference paragraphs cut to the prompts' "
+             f"length), {len(unseen)} control prompts the fit did not see, {len(active)} active probes "
+             f"of {len(steerer.gate_.probes)} sites.", "",
+             "| driver | held-out prompts opened | mean gate | neutral texts opened | mean gate "
+             "| unseen control prompts opened | mean gate | same decision as the full vote |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, (h, n, c) in drivers.items():
+        same = float((torch.cat([h >= 0.5, n >= 0.5, c >= 0.5]) == full).float().mean())
         lines.append(f"| {name} | {float((h >= 0.5).float().mean()):.0%} | {float(h.mean()):.2f} "
-                     f"| {float((n >= 0.5).float().mean()):.0%} | {float(n.mean()):.2f} |")  # fmt: skip
+                     f"| {float((n >= 0.5).float().mean()):.0%} | {float(n.mean()):.2f} "
+                     f"| {float((c >= 0.5).float().mean()):.0%} | {float(c.mean()):.2f} | {same:.0%} |")  # fmt: skip
     out = HERE / "shared_driver"
     out.mkdir(exist_ok=True)
-    (out / f"{args.concept}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.concept}-{args.sites or 'default'}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,0 +1,98 @@
+"""Every method, gated or not, at each site set measured, ranked: `results/gate/STANDINGS.md`.
+
+The runs below share the main job's protocol, prompts and sampling seeds (seed 0), so their rows
+compare directly. Each method is read at every site set it was run at, labelled:
+
+- ``results/<concept>/``: the main job at the default sites (``ln2.hook_out``; LinEAS's
+  ``paper_short``), plain;
+- ``results/gate/full/<concept>/``: attention and MLP outputs (LinEAS ``fast``), plain and with the
+  per-site gate, and ``results/gate/extended/<concept>/``: the gated baselines swept to strength 4;
+- ``results/gate/shared_hard/<concept>/``: attention and MLP outputs, the shared hard gate;
+- ``results/gate/shared_hard_default/<concept>/``: LinEAS at the default sites, the shared hard gate.
+
+ITI-c and ActAdd choose their own sites, so their rows are the same in every run (checked: the
+main job's ITI-c rows equal ``full/``'s). Per concept, one row per method and site set: its best
+held-out score within each reference-perplexity budget, and within both budgets (the
+continuations' perplexity under the unsteered model within +10% too), with whether its 95%
+interval lies apart from the column's best.
+
+    python results/gate/standings.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from summarize import BUDGETS, CONT_BUDGET, HERE
+
+from lineas_tl.evaluate import GATE_SUFFIX, frontier_summary
+
+ROOT = HERE.parent
+RUNS = (  # (folder template, site label, label of the gated rows)
+    ("{root}/{concept}", "ln2", None),
+    ("{root}/gate/full/{concept}", "outputs", "per-site gate"),
+    ("{root}/gate/extended/{concept}", "outputs", "per-site gate"),
+    ("{root}/gate/shared_hard/{concept}", "outputs", "shared hard gate"),
+    ("{root}/gate/shared_hard_default/{concept}", "ln2", "shared hard gate"),
+)
+SKIP = {("ln2", "iti"), ("ln2", "actadd")}  # the same fits as at the outputs: listed once
+
+
+def rows(concept: str) -> pd.DataFrame:
+    """Every run's rows for ``concept``, methods renamed ``method [sites, gate]``."""
+    tables = []
+    for template, sites, gate in RUNS:
+        path = Path(template.format(root=ROOT, concept=concept)) / "comparison.csv"
+        if not path.exists():
+            continue
+        t = pd.read_csv(path)
+        t = t[~t["method"].isin(["unsteered", "ceiling"])]
+        base = t["method"].str.removesuffix(GATE_SUFFIX)
+        t = t[[(sites, b) not in SKIP for b in base]]
+        base = t["method"].str.removesuffix(GATE_SUFFIX)
+        gated = t["method"].str.endswith(GATE_SUFFIX)
+        site = base.map(lambda b: "heads" if b == "iti" else "one layer" if b == "actadd" else sites)
+        t = t.assign(method=base + " [" + site + gated.map(lambda g: f", {gate}" if g else "") + "]")
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True).drop_duplicates(["method", "strength"])
+
+
+def cell(r: pd.Series, best: pd.Series) -> str:
+    text = f"{r['score']:.3f} [{r['score_lo']:.3f}, {r['score_hi']:.3f}] @ {r['strength']:g}"
+    if r["method"] == best["method"]:
+        return f"**{text}**"
+    return text + (" †" if r["score_lo"] > best["score_hi"] else "")
+
+
+def standings(table: pd.DataFrame) -> list[str]:
+    """One row per method, one column per view, sorted by the first column."""
+    views = [(b, None) for b in BUDGETS] + [(b, CONT_BUDGET) for b in BUDGETS]
+    columns = {}
+    for budget, cont in views:
+        s = frontier_summary(table, [budget], "score_out", cont_budget=cont).set_index("method", drop=False)
+        best = s.loc[s["score"].idxmin()]
+        name = f"≤ +{100 * budget:g}%" + ("" if cont is None else f", cont. ≤ +{100 * cont:g}%")
+        columns[name] = (s["score"], {m: cell(r, best) for m, r in s.iterrows()})
+    first = next(iter(columns.values()))[0].sort_values()
+    lines = ["| method [sites, gate] | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for m in first.index:
+        lines.append(f"| {m} | " + " | ".join(c[1][m] for c in columns.values()) + " |")
+    return lines
+
+
+def main() -> None:
+    lines = ["# Standings: every method, gated or not, at every site set run", "",
+             "`python results/gate/standings.py` (its docstring lists the runs it reads). Seed 0; 12 held-out prompts "
+             "x 2 samples; lower is better. Each cell: the best held-out score [95% interval over prompts] @ strength "
+             "within the reference-perplexity budget, and in the last three columns within it and with the "
+             "continuations' perplexity under the unsteered model within +10% too. Bold: the lowest in the column; "
+             "†: the interval lies wholly above the bold one's.", ""]  # fmt: skip
+    for concept in ("toxicity", "sentiment"):
+        lines += [f"## {concept}", "", *standings(rows(concept)), ""]
+    (HERE / "STANDINGS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
