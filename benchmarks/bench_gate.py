@@ -14,9 +14,9 @@ Writes ``benchmarks/RESULTS_gate.md`` (``--out``).
 
     python benchmarks/bench_gate.py --new-tokens 12 --prompts 4 --repeats 7 --sites outputs
 
-``--sites`` defaults to the library's default sites. Every run in ``RESULTS_gate.md`` was made
-before stop 28 (2026-12-05), when those were every block's attention and MLP outputs (60 sites on
-SmolLM2); ``--sites outputs`` reproduces them. They are now ``blocks.N.ln2.hook_out`` (30 sites).
+``--sites`` defaults to the library's default sites, ``blocks.N.ln2.hook_out`` (30 sites on
+SmolLM2; the first section of ``RESULTS_gate.md``). The runs under "Before stop 28" were made when
+those were every block's attention and MLP outputs (60 sites); ``--sites outputs`` reproduces them.
 """
 
 from __future__ import annotations

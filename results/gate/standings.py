@@ -7,8 +7,13 @@ compare directly. Each method is read at every site set it was run at, labelled:
   ``paper_short``), plain;
 - ``results/gate/full/<concept>/``: attention and MLP outputs (LinEAS ``fast``), plain and with the
   per-site gate, and ``results/gate/extended/<concept>/``: the gated baselines swept to strength 4;
-- ``results/gate/shared_hard/<concept>/``: attention and MLP outputs, the shared hard gate;
-- ``results/gate/shared_hard_default/<concept>/``: LinEAS at the default sites, the shared hard gate.
+- ``results/gate/shared_hard/<concept>/`` (``results/gate/style/style/`` for style): attention and
+  MLP outputs, plain (style) and the shared hard gate;
+- ``results/gate/shared_hard_default/<concept>/``: LinEAS at the default sites, the shared hard gate,
+  and ``results/gate/shared_hard_default_extended/<concept>/``: the same swept to strengths 3 and 4;
+- ``results/at_outputs/<concept>/``: the main job at the attention and MLP outputs, plain, for the
+  methods and strengths the runs above lack (a (method, strength) row comes from the first run
+  listed that has it).
 
 ITI-c and ActAdd choose their own sites, so their rows are the same in every run (checked: the
 main job's ITI-c rows equal ``full/``'s). Per concept, one row per method and site set: its best
@@ -34,7 +39,10 @@ RUNS = (  # (folder template, site label, label of the gated rows)
     ("{root}/gate/full/{concept}", "outputs", "per-site gate"),
     ("{root}/gate/extended/{concept}", "outputs", "per-site gate"),
     ("{root}/gate/shared_hard/{concept}", "outputs", "shared hard gate"),
+    ("{root}/gate/style/{concept}", "outputs", "shared hard gate"),
     ("{root}/gate/shared_hard_default/{concept}", "ln2", "shared hard gate"),
+    ("{root}/gate/shared_hard_default_extended/{concept}", "ln2", "shared hard gate"),
+    ("{root}/at_outputs/{concept}", "outputs", None),
 )
 SKIP = {("ln2", "iti"), ("ln2", "actadd")}  # the same fits as at the outputs: listed once
 
@@ -84,11 +92,11 @@ def standings(table: pd.DataFrame) -> list[str]:
 def main() -> None:
     lines = ["# Standings: every method, gated or not, at every site set run", "",
              "`python results/gate/standings.py` (its docstring lists the runs it reads). Seed 0; 12 held-out prompts "
-             "x 2 samples; lower is better. Each cell: the best held-out score [95% interval over prompts] @ strength "
+             "x 2 samples; lower is better (style: 1 - P(Shakespeare)). Each cell: the best held-out score [95% interval over prompts] @ strength "
              "within the reference-perplexity budget, and in the last three columns within it and with the "
              "continuations' perplexity under the unsteered model within +10% too. Bold: the lowest in the column; "
              "†: the interval lies wholly above the bold one's.", ""]  # fmt: skip
-    for concept in ("toxicity", "sentiment"):
+    for concept in ("toxicity", "sentiment", "style"):
         lines += [f"## {concept}", "", *standings(rows(concept)), ""]
     (HERE / "STANDINGS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
