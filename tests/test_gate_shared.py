@@ -67,20 +67,22 @@ def shared(gpt2_dir):
     return model, fit, (src, tgt)
 
 
-def test_vote_by_hand(shared):
-    """The gate is the sigmoid of the active probes' logits, each on the unsteered prompt's mean
-    activation over its counted tokens, averaged over the sites."""
-    model, fit, _ = shared
-    steerer = fit["soft"]
-    prompts = ["the cat sat", "you are a stupid idiot and"]
+def vote_by_hand(model, steerer, prompts, sites):
+    """The sigmoid of ``sites``' probe logits, each on the unsteered prompt's mean activation over
+    its counted tokens, averaged over the sites."""
     batch = generation_batch(steerer.runner, prompts)
     _, cache = model.run_with_cache(batch.kwargs["input"], attention_mask=batch.kwargs["attention_mask"])
     mask = batch.mask.float()
-    logits = []
-    for site in steerer.gate_.active_sites:
-        mean = (cache[site] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        logits.append(steerer.gate_.probes[site].unfolded_logit(mean))
-    expected = torch.sigmoid(torch.stack(logits).mean(0))
+    means = {site: (cache[site] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) for site in sites}
+    return torch.sigmoid(torch.stack([steerer.gate_.probes[s].unfolded_logit(means[s]) for s in sites]).mean(0))
+
+
+def test_vote_by_hand(shared):
+    """The gate is the active probes' vote on the unsteered prompt (:func:`vote_by_hand`)."""
+    model, fit, _ = shared
+    steerer = fit["soft"]
+    prompts = ["the cat sat", "you are a stupid idiot and"]
+    expected = vote_by_hand(model, steerer, prompts, steerer.gate_.active_sites)
     got = steerer.prompt_gate(prompts)
     assert torch.allclose(got, expected, atol=1e-5)
     hard = fit["hard"].prompt_gate(prompts)
@@ -95,10 +97,7 @@ def test_a_vote_of_the_first_sites_stops_its_pass_there(shared, tmp_path):
     prompts = ["the cat sat", "you are a stupid idiot and"]
     active = steerer.gate_.active_sites
     assert len(active) >= 3, "the fixture should have several active probes"
-    batch = generation_batch(steerer.runner, prompts)
-    _, cache = model.run_with_cache(batch.kwargs["input"], attention_mask=batch.kwargs["attention_mask"])
-    mask = batch.mask.float()
-    logits = [steerer.gate_.probes[s].unfolded_logit((cache[s] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)) for s in active[:2]]
+    expected = vote_by_hand(model, steerer, prompts, active[:2])
     reached: list[str] = []
     late = [s for s in steerer.maps_ if s not in active[:2]][-1]
     steerer.gate_.options.vote_sites = 2
@@ -106,7 +105,7 @@ def test_a_vote_of_the_first_sites_stops_its_pass_there(shared, tmp_path):
         model.add_hook(late, lambda act, hook: reached.append(hook.name))
         got = steerer.prompt_gate(prompts)
         model.reset_hooks()
-        assert torch.allclose(got, torch.sigmoid(torch.stack(logits).mean(0)), atol=1e-5)
+        assert torch.allclose(got, expected, atol=1e-5)
         assert reached == [], f"the vote's pass ran on to {late}"
         assert "prompt vote of the first 2 active sites" in repr(steerer)
         steerer.save(tmp_path / "v")

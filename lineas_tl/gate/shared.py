@@ -18,8 +18,8 @@ probability of 1/2), else 0, so a prompt is steered fully or not at all. Every s
 then steered as :math:`z + \lambda g (T(z) - z)`, active probe or not.
 
 Reading the vote needs the activations of every active site before the first one is steered, so it
-costs one unsteered forward pass over the prompt, up to the deepest voting site (``vote_sites``
-restricts the vote to the first active sites and so shortens the pass) (:func:`read_shared_gate`), done by
+costs one unsteered forward pass over the prompt (:func:`read_shared_gate`), up to the deepest
+voting site (``vote_sites`` lets only the first active sites vote, which shortens it), done by
 ``steerer.generate``, the perplexity evaluation and ``steerer.gates``; with a hand-made forward
 pass, pass ``prompt_gate=steerer.prompt_gate(prompt)`` to ``fwd_hooks`` / ``steer`` / ``hooks``.
 Generated tokens all take the prompt's gate, so the result is the same with and without the KV cache.
