@@ -49,6 +49,7 @@ from lineas_tl.export.common import (
     record_json,
     steerer_record,
 )
+from lineas_tl.export.gguf_from_hf import rotary_rows, write_llama_gguf
 from lineas_tl.fold import (
     FoldError,
     FoldTarget,
@@ -85,8 +86,6 @@ def source_gguf(model: Any, source: str | os.PathLike[str] | None = None) -> Pat
 
 def _from_hf(model: Any, directory: Path) -> Path:
     """An F32 GGUF of ``model``'s Hugging Face weights, written into ``directory``."""
-    from lineas_tl.export.gguf_from_hf import write_llama_gguf
-
     hf = getattr(model, "original_model", None)
     if not isinstance(hf, nn.Module) or not hasattr(hf, "config"):
         raise FileNotFoundError(
@@ -238,8 +237,6 @@ def _fold_edit(e: _Edit, site: str, side: str, omega: np.ndarray, shift: np.ndar
 def _load_edit(base: str, tensors: dict[str, Any], linear: nn.Module, heads: dict[str, int]) -> _Edit:
     """Dequantise ``base.weight`` (and its bias), checking it is the model's own projection."""
     import gguf
-
-    from lineas_tl.export.gguf_from_hf import rotary_rows
 
     t = tensors[f"{base}.weight"]
     weight = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)

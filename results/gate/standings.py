@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from summarize import BUDGETS, CONT_BUDGET, HERE
 
-from lineas_tl.evaluate import GATE_SUFFIX, frontier_summary
+from lineas_tl.evaluate import base_method, frontier_summary, is_gated
 
 ROOT = HERE.parent
 RUNS = (  # (folder template, site label, label of the gated rows)
@@ -56,10 +56,9 @@ def rows(concept: str) -> pd.DataFrame:
             continue
         t = pd.read_csv(path)
         t = t[~t["method"].isin(["unsteered", "ceiling"])]
-        base = t["method"].str.removesuffix(GATE_SUFFIX)
-        t = t[[(sites, b) not in SKIP for b in base]]
-        base = t["method"].str.removesuffix(GATE_SUFFIX)
-        gated = t["method"].str.endswith(GATE_SUFFIX)
+        base, gated = t["method"].map(base_method), t["method"].map(is_gated)
+        keep = [(sites, b) not in SKIP for b in base]
+        t, base, gated = t[keep], base[keep], gated[keep]
         site = base.map(lambda b: "heads" if b == "iti" else "one layer" if b == "actadd" else sites)
         t = t.assign(method=base + " [" + site + gated.map(lambda g: f", {gate}" if g else "") + "]")
         tables.append(t)
@@ -76,16 +75,16 @@ def cell(r: pd.Series, best: pd.Series) -> str:
 def standings(table: pd.DataFrame) -> list[str]:
     """One row per method, one column per view, sorted by the first column."""
     views = [(b, None) for b in BUDGETS] + [(b, CONT_BUDGET) for b in BUDGETS]
-    columns = {}
+    columns: dict[str, dict[str, str]] = {}
+    order: list[str] = []
     for budget, cont in views:
         s = frontier_summary(table, [budget], "score_out", cont_budget=cont).set_index("method", drop=False)
         best = s.loc[s["score"].idxmin()]
         name = f"≤ +{100 * budget:g}%" + ("" if cont is None else f", cont. ≤ +{100 * cont:g}%")
-        columns[name] = (s["score"], {m: cell(r, best) for m, r in s.iterrows()})
-    first = next(iter(columns.values()))[0].sort_values()
+        columns[name] = {m: cell(r, best) for m, r in s.iterrows()}
+        order = order or list(s["score"].sort_values().index)
     lines = ["| method [sites, gate] | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for m in first.index:
-        lines.append(f"| {m} | " + " | ".join(c[1][m] for c in columns.values()) + " |")
+    lines += [f"| {m} | " + " | ".join(c[m] for c in columns.values()) + " |" for m in order]
     return lines
 
 
