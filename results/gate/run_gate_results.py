@@ -17,6 +17,13 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --sites paper \
         --lineas '{"preset": "paper"}' --gate '{"shared": true, "hard": true}' --out results/gate/shared_hard_paper --threads 1
                                                                           # the paper's recipe at its sites, gated
+    python results/gate/run_gate_results.py --concepts toxicity --gated-only --methods lineas iti --n-eval 48 \
+        --strengths 0.25 0.5 0.8 1 1.5 2 3 --gate '{"shared": true, "hard": true}' \
+        --out results/gate/shared_hard_default_48 --threads 1            # the two lowest gated methods on 48 prompts
+    python results/gate/run_gate_results.py --concepts toxicity --plain-only --methods lineas iti --n-eval 48 \
+        --strengths 0.25 0.5 0.8 1 1.5 2 3 --out results/gate/plain_default_48 --threads 1   # and ungated
+    python results/gate/run_gate_results.py --concepts toxicity --plain-only --methods lineas iti --n-eval 48 \
+        --n-in-sample 32 --strengths 0.5 1 1.5 --out results/gate/in_sample_48 --threads 1    # in sample and held out
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -43,16 +50,18 @@ HERE = Path(__file__).parent
 METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 
 
-def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: tuple[float, ...] | None = None
-             ) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
+def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: tuple[float, ...] | None = None,
+             n_eval: int | None = None, n_in_sample: int = 0) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
     """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run
-    (``strengths``: sweep these and 0 only, for every method, instead of the main job's grid)."""
+    (``strengths``: sweep these and 0 only, for every method, instead of the main job's grid;
+    ``n_eval``: held-out prompts continued, instead of the main job's 12; ``n_in_sample``: source
+    fit prompts continued too, for the in-sample columns)."""
     from lineas_tl.concepts import get_concept, reference_text
     from lineas_tl.demo import DemoConfig
     from lineas_tl.evaluate.sampling import GenerationConfig
 
     c, cfg = get_concept(concept_name), DemoConfig()
-    n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, cfg.n_eval)
+    n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, n_eval or cfg.n_eval)
     src, tgt = c.split(n_fit, seed=seed)
     scorer = c.lower_is_better()
     common = dict(
@@ -60,7 +69,7 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
         reference_texts=reference_text(4 if quick else cfg.n_reference, seed=seed, max_words=cfg.reference_words),
         strengths=strengths or ((0.5, 1.0) if quick else cfg.strengths),
         generation=GenerationConfig(max_new_tokens=8, n_samples=1) if quick else cfg.generation,
-        n_in_sample=0, seed=seed, progress=not quick, extra_strengths=() if quick or strengths else cfg.extra_strengths,
+        n_in_sample=n_in_sample, seed=seed, progress=not quick, extra_strengths=() if quick or strengths else cfg.extra_strengths,
         batch_size=cfg.batch_size, max_scored_ppl_increase=cfg.max_scored_ppl_increase,
     )
     return c, src, tgt, c.control_prompts(n_fit, seed=seed), common
@@ -68,8 +77,8 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
 
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
-        gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None
-        ) -> None:  # fmt: skip
+        gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None,
+        n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -79,9 +88,9 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths)
+    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample)
     methods = ("lineas", "mean_act") if quick else methods
-    names = [*([] if gated_only else methods), *(f"{m}{GATE_SUFFIX}" for m in methods)]
+    names = [*([] if gated_only else methods), *([] if plain_only else (f"{m}{GATE_SUFFIX}" for m in methods))]
     kwargs: dict[str, dict[str, Any]] = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
     if two_stage:  # gated LinEAS as the baselines: ungated maps, then the probes
         kwargs.setdefault(f"lineas{GATE_SUFFIX}", {})["gate"] = {"end_to_end": False}
@@ -105,7 +114,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
-        "gate_options": gate, "sites": sites, "lineas_options": lineas}, indent=1, default=str))
+        "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -118,19 +127,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--gated-only", action="store_true", help="only the gated variants")
+    ap.add_argument("--plain-only", action="store_true", help="only the ungated methods")
     ap.add_argument("--strengths", nargs="+", type=float, help="sweep only these (and 0), e.g. past the main grid")
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
     ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
                     "(default: the library's; 'outputs' before stop 28)")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
+    ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
+    ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
             strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
-            sites=args.sites, lineas=args.lineas)
+            sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample)
 
 
 if __name__ == "__main__":

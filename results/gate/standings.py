@@ -22,6 +22,12 @@ continuations' perplexity under the unsteered model within +10% too), with wheth
 interval lies apart from the column's best.
 
     python results/gate/standings.py
+
+``--prompts 48`` ranks the runs on 48 held-out prompts instead (``RUNS_48``: the two lowest gated
+methods and their plain rows at the default sites, and CAA with its per-site gate at the outputs,
+on toxicity and sentiment) and writes ``STANDINGS_48.md``, whose last three views hold the reference
+text within +10% and the continuations within +10%, +25% and +50%: a gated row costs the reference
+text nothing, so what it pays shows in its continuations.
 """
 
 from __future__ import annotations
@@ -45,19 +51,24 @@ RUNS = (  # (folder template, site label, label of the gated rows)
     ("{root}/at_outputs/{concept}", "outputs", None),
 )
 SKIP = {("ln2", "iti"), ("ln2", "actadd")}  # the same fits as at the outputs: listed once
+RUNS_48 = (
+    ("{root}/gate/shared_hard_default_48/{concept}", "ln2", "shared hard gate"),
+    ("{root}/gate/plain_default_48/{concept}", "ln2", None),
+    ("{root}/gate/per_site_outputs_48/{concept}", "outputs", "per-site gate"),
+)
 
 
-def rows(concept: str) -> pd.DataFrame:
+def rows(concept: str, runs: tuple[tuple[str, str, str | None], ...] = RUNS, skip: frozenset | set = SKIP) -> pd.DataFrame:
     """Every run's rows for ``concept``, methods renamed ``method [sites, gate]``."""
     tables = []
-    for template, sites, gate in RUNS:
+    for template, sites, gate in runs:
         path = Path(template.format(root=ROOT, concept=concept)) / "comparison.csv"
         if not path.exists():
             continue
         t = pd.read_csv(path)
         t = t[~t["method"].isin(["unsteered", "ceiling"])]
         base, gated = t["method"].map(base_method), t["method"].map(is_gated)
-        keep = [(sites, b) not in SKIP for b in base]
+        keep = [(sites, b) not in skip for b in base]
         t, base, gated = t[keep], base[keep], gated[keep]
         site = base.map(lambda b: "heads" if b == "iti" else "one layer" if b == "actadd" else sites)
         t = t.assign(method=base + " [" + site + gated.map(lambda g: f", {gate}" if g else "") + "]")
@@ -72,9 +83,10 @@ def cell(r: pd.Series, best: pd.Series) -> str:
     return text + (" †" if r["score_lo"] > best["score_hi"] else "")
 
 
-def standings(table: pd.DataFrame) -> list[str]:
-    """One row per method, one column per view, sorted by the first column."""
-    views = [(b, None) for b in BUDGETS] + [(b, CONT_BUDGET) for b in BUDGETS]
+def standings(table: pd.DataFrame, views: list[tuple[float, float | None]] | None = None) -> list[str]:
+    """One row per method, one column per view (reference budget, continuations' budget or None),
+    sorted by the first column."""
+    views = views or [(b, None) for b in BUDGETS] + [(b, CONT_BUDGET) for b in BUDGETS]
     columns: dict[str, dict[str, str]] = {}
     order: list[str] = []
     for budget, cont in views:
@@ -89,15 +101,23 @@ def standings(table: pd.DataFrame) -> list[str]:
 
 
 def main() -> None:
-    lines = ["# Standings: every method, gated or not, at every site set run", "",
-             "`python results/gate/standings.py` (its docstring lists the runs it reads). Seed 0; 12 held-out prompts "
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, choices=(12, 48), default=12)
+    n = ap.parse_args().prompts
+    runs, skip, concepts = (RUNS, SKIP, ("toxicity", "sentiment", "style")) if n == 12 else (RUNS_48, set(), ("toxicity", "sentiment"))
+    views = None if n == 12 else [(b, None) for b in BUDGETS] + [(0.10, c) for c in (0.10, 0.25, 0.50)]
+    last = ("within it and with the continuations' perplexity under the unsteered model within +10% too" if n == 12 else
+            "within +10% reference perplexity and with the continuations' perplexity under the unsteered model within +10%, +25% and +50%")
+    lines = ["# Standings: every method, gated or not, at every site set run" + ("" if n == 12 else f", on {n} held-out prompts"), "",
+             f"`python results/gate/standings.py{'' if n == 12 else f' --prompts {n}'}` (its docstring lists the runs it reads). Seed 0; {n} held-out prompts "
              "x 2 samples; lower is better (style: 1 - P(Shakespeare)). Each cell: the best held-out score [95% interval over prompts] @ strength "
-             "within the reference-perplexity budget, and in the last three columns within it and with the "
-             "continuations' perplexity under the unsteered model within +10% too. Bold: the lowest in the column; "
+             f"within the reference-perplexity budget, and in the last three columns {last}. Bold: the lowest in the column; "
              "†: the interval lies wholly above the bold one's.", ""]  # fmt: skip
-    for concept in ("toxicity", "sentiment", "style"):
-        lines += [f"## {concept}", "", *standings(rows(concept)), ""]
-    (HERE / "STANDINGS.md").write_text("\n".join(lines) + "\n")
+    for concept in concepts:
+        lines += [f"## {concept}", "", *standings(rows(concept, runs, skip), views), ""]
+    (HERE / ("STANDINGS.md" if n == 12 else f"STANDINGS_{n}.md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
