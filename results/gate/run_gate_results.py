@@ -78,7 +78,7 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
         gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None,
-        n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0) -> None:  # fmt: skip
+        n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0, pooling: str = "mean") -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -100,7 +100,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     for name in names if lineas else ():  # LinEAS's own settings, gated or not (e.g. its preset)
         if base_method(name) == "lineas":
             kwargs.setdefault(name, {}).update(lineas)
-    table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, **common)
+    table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, pooling=pooling, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
-        "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample}, indent=1, default=str))
+        "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -136,13 +136,14 @@ def main() -> None:
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
+    ap.add_argument("--pooling", default="mean", help="the steerer's pooling for every method (the paper's: mean)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
             strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
-            sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample)
+            sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample, pooling=args.pooling)
 
 
 if __name__ == "__main__":
