@@ -32,6 +32,7 @@ text nothing, so what it pays shows in its continuations.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -101,8 +102,6 @@ def standings(table: pd.DataFrame, views: list[tuple[float, float | None]] | Non
 
 
 def main() -> None:
-    import argparse
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, choices=(12, 48), default=12)
     n = ap.parse_args().prompts
@@ -112,7 +111,7 @@ def main() -> None:
             "within +10% reference perplexity and with the continuations' perplexity under the unsteered model within +10%, +25% and +50%")
     lines = ["# Standings: every method, gated or not, at every site set run" + ("" if n == 12 else f", on {n} held-out prompts"), "",
              f"`python results/gate/standings.py{'' if n == 12 else f' --prompts {n}'}` (its docstring lists the runs it reads). Seed 0; {n} held-out prompts "
-             "x 2 samples; lower is better (style: 1 - P(Shakespeare)). Each cell: the best held-out score [95% interval over prompts] @ strength "
+             "x 2 samples; lower is better" + (" (style: 1 - P(Shakespeare))" if n == 12 else "") + ". Each cell: the best held-out score [95% interval over prompts] @ strength "
              f"within the reference-perplexity budget, and in the last three columns {last}. Bold: the lowest in the column; "
              "†: the interval lies wholly above the bold one's.", ""]  # fmt: skip
     for concept in concepts:
