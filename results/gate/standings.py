@@ -23,9 +23,9 @@ interval lies apart from the column's best.
 
     python results/gate/standings.py
 
-``--prompts 48`` ranks the runs on 48 held-out prompts instead (``RUNS_48``: the two lowest gated
-methods and their plain rows at the default sites, and CAA with its per-site gate at the outputs,
-on toxicity and sentiment) and writes ``STANDINGS_48.md``, whose last three views hold the reference
+``--prompts 48`` ranks the runs on 48 held-out prompts instead (``RUNS_48``: LinEAS and ITI-c,
+plain and with the shared hard gate, at the default sites; CAA, Mean-AcT and Linear-AcT, plain and
+with the per-site gate, at the outputs; toxicity and sentiment) and writes ``STANDINGS_48.md``, whose last three views hold the reference
 text within +10% and the continuations within +10%, +25% and +50%: a gated row costs the reference
 text nothing, so what it pays shows in its continuations.
 """
@@ -59,7 +59,7 @@ RUNS_48 = (
 )
 
 
-def rows(concept: str, runs: tuple[tuple[str, str, str | None], ...] = RUNS, skip: frozenset | set = SKIP) -> pd.DataFrame:
+def rows(concept: str, runs: tuple[tuple[str, str, str | None], ...] = RUNS, skip: set[tuple[str, str]] = SKIP) -> pd.DataFrame:
     """Every run's rows for ``concept``, methods renamed ``method [sites, gate]``."""
     tables = []
     for template, sites, gate in runs:

@@ -27,43 +27,41 @@ import torch
 from run_gate_results import HERE, protocol
 
 
-def far_target(concept: Any, n: int, model: Any = None, seed: int = 0) -> list[str]:
+def far_target(concept: Any, n: int, model: Any = None, seed: int = 0, *, generation: Any = None,
+               batch_size: int = 24) -> list[str]:
     """The ``n`` prompts of the concept's target pool that its judge (turned lower-is-better) scores
     lowest: a target set further from the source than :meth:`Concept.split`'s draw.
 
     With ``model``, each prompt is judged by the mean score of the unsteered model's continuations
-    (the gate run's sampling, 2 per prompt, drawn with seed ``1000 + seed`` so that the evaluation's
-    draws play no part); without, by the judge on the prompt's own text. Only the fit pool is read.
+    under ``generation`` (the gate run's sampling), drawn with seed ``1000 + seed`` so that the
+    evaluation's draws play no part; without, by the judge on the prompt's own text. Only the fit
+    pool is read.
     """
-    pool = concept.target_prompts
-    if model is None:
-        scores = concept.lower_is_better()(pool)
-    else:
-        from lineas_tl.demo import DemoConfig
-        from lineas_tl.evaluate import continuations
+    from lineas_tl.evaluate import continuations
+    from lineas_tl.evaluate.bootstrap import cluster_means
 
-        gen = DemoConfig().generation
-        texts = continuations(model, pool, config=gen, seed=1000 + seed, batch_size=DemoConfig().batch_size)
-        judged = concept.lower_is_better()(texts)
-        scores = [sum(judged[i * gen.n_samples:(i + 1) * gen.n_samples]) / gen.n_samples for i in range(len(pool))]
+    pool, judge = concept.target_prompts, concept.lower_is_better()
+    if model is None:
+        scores = judge(pool)
+    else:
+        texts = continuations(model, pool, config=generation, seed=1000 + seed, batch_size=batch_size)
+        scores = list(cluster_means(judge(texts), generation.n_samples))
     order = sorted(range(len(pool)), key=lambda i: (scores[i], i))
     return [pool[i] for i in order[:n]]
 
 
-def floors(concept_name: str, seed: int = 0) -> list[tuple[str, int, float, tuple[float, float]]]:
+def floors(model: Any, concept_name: str, seed: int = 0) -> list[tuple[str, int, float, tuple[float, float]]]:
     """Per prompt set: its name, its size, and the unsteered continuations' mean score with its interval."""
-    from lineas_tl import models
     from lineas_tl.evaluate import concept_score, continuations
 
     c, src, tgt, _, common = protocol(concept_name, seed=seed)
+    gen, batch = common["generation"], common["batch_size"]
     held_out = [p for p in c.target_prompts if p not in set(tgt)][:12]
-    model = models.load("smollm2-135m")
-    gen = common["generation"]
     rows = []
     for name, prompts in (("drawn source", src), ("drawn target", tgt), ("held-out target (the main job's ceiling)", held_out),
-                          ("far target (by continuations)", far_target(c, len(tgt), model, seed)),
+                          ("far target (by continuations)", far_target(c, len(tgt), model, seed, generation=gen, batch_size=batch)),
                           ("far target (by prompt text)", far_target(c, len(tgt)))):  # fmt: skip
-        texts = continuations(model, prompts, config=gen, seed=seed, batch_size=common["batch_size"])
+        texts = continuations(model, prompts, config=gen, seed=seed, batch_size=batch)
         s = concept_score(texts, common["scorer"], per_prompt=gen.n_samples)
         rows.append((name, len(prompts), s.mean, s.mean_ci))
     return rows
@@ -75,12 +73,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from lineas_tl import models
+
+    model = models.load("smollm2-135m")
     lines = ["# The unsteered model's score on each prompt set a fit maps between", "",
              "`python results/gate/target_floor.py --threads 1`. Seed 0, 2 sampled continuations per prompt "
              "(the paper's settings), 95% bootstrap intervals over prompts; lower is better.", ""]  # fmt: skip
     for name in args.concepts:
         lines += [f"## {name}", "", "| prompts | n | unsteered score [95% CI] |", "|---|---|---|"]
-        for label, n, mean, (lo, hi) in floors(name):
+        for label, n, mean, (lo, hi) in floors(model, name):
             lines.append(f"| {label} | {n} | {mean:.3f} [{lo:.3f}, {hi:.3f}] |")
             print(name, label, f"{mean:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
         lines.append("")
