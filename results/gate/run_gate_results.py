@@ -51,16 +51,23 @@ METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 
 
 def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: tuple[float, ...] | None = None,
-             n_eval: int | None = None, n_in_sample: int = 0) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
+             n_eval: int | None = None, n_in_sample: int = 0, fit_pools: Path | None = None) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
     """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run
     (``strengths``: sweep these and 0 only, for every method, instead of the main job's grid;
     ``n_eval``: held-out prompts continued, instead of the main job's 12; ``n_in_sample``: source
-    fit prompts continued too, for the in-sample columns)."""
+    fit prompts continued too, for the in-sample columns; ``fit_pools``: a JSON file of
+    ``{"source": [...], "target": [...]}`` pools the fit prompts are drawn from, as
+    :meth:`~lineas_tl.concepts.base.Concept.split` draws from the concept's own)."""
+    import dataclasses
+
     from lineas_tl.concepts import get_concept, reference_text
     from lineas_tl.demo import DemoConfig
     from lineas_tl.evaluate.sampling import GenerationConfig
 
     c, cfg = get_concept(concept_name), DemoConfig()
+    if fit_pools is not None:
+        pools = json.loads(fit_pools.read_text())
+        c = dataclasses.replace(c, source_prompts=pools["source"], target_prompts=pools["target"])
     n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, n_eval or cfg.n_eval)
     src, tgt = c.split(n_fit, seed=seed)
     scorer = c.lower_is_better()
@@ -78,7 +85,8 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
 def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: tuple[str, ...] = METHODS,
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
         gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None,
-        n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0, pooling: str = "mean") -> None:  # fmt: skip
+        n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0, pooling: str = "mean",
+        fit_pools: Path | None = None) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -88,7 +96,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample)
+    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample, fit_pools)
     methods = ("lineas", "mean_act") if quick else methods
     names = [*([] if gated_only else methods), *([] if plain_only else (f"{m}{GATE_SUFFIX}" for m in methods))]
     kwargs: dict[str, dict[str, Any]] = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
@@ -114,7 +122,9 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
-        "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling}, indent=1, default=str))
+        "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling,
+        "fit_pools": fit_pools and str(fit_pools),
+        "fit_source": src, "fit_target": tgt}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -137,13 +147,16 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
     ap.add_argument("--pooling", default="mean", help="the steerer's pooling for every method (the paper's: mean)")
+    ap.add_argument("--fit-pools", type=Path, default=None,
+                    help='JSON {"source": [...], "target": [...]}: draw the fit prompts from these pools instead of the concept\'s')
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
     for name in args.concepts:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
             strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
-            sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample, pooling=args.pooling)
+            sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample, pooling=args.pooling,
+            fit_pools=args.fit_pools)
 
 
 if __name__ == "__main__":

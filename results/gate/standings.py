@@ -25,7 +25,8 @@ interval lies apart from the column's best.
 
 ``--prompts 48`` ranks the runs on 48 held-out prompts instead (``RUNS_48``: LinEAS and ITI-c,
 plain and with the shared hard gate, at the default sites; CAA, Mean-AcT and Linear-AcT, plain and
-with the per-site gate, at the outputs; toxicity and sentiment) and writes ``STANDINGS_48.md``, whose last three views hold the reference
+with the per-site gate, at the outputs; ActAdd, plain and with the per-site gate, at its own layer;
+toxicity and sentiment) and writes ``STANDINGS_48.md``, whose last three views hold the reference
 text within +10% and the continuations within +10%, +25% and +50%: a gated row costs the reference
 text nothing, so what it pays shows in its continuations.
 """
@@ -56,6 +57,7 @@ RUNS_48 = (
     ("{root}/gate/shared_hard_default_48/{concept}", "ln2", "shared hard gate"),
     ("{root}/gate/plain_default_48/{concept}", "ln2", None),
     ("{root}/gate/per_site_outputs_48/{concept}", "outputs", "per-site gate"),
+    ("{root}/gate/actadd_48/{concept}", "outputs", "per-site gate"),
 )
 
 
