@@ -13,18 +13,24 @@ continuations within +50%. Writes `FIT_DRAWS.md`.
 
 from __future__ import annotations
 
-from standings import HERE, rows, standings
+from pathlib import Path
 
-RUNS = "{root}/gate/"
-FITS = {  # (concept, fit) -> the runs read, as standings.RUNS_48
-    ("toxicity", "seed 0"): (("shared_hard_default_48", "ln2", "shared hard gate"), ("plain_default_48", "ln2", None),
-                             ("per_site_outputs_48", "outputs", "per-site gate"), ("actadd_48", "outputs", "per-site gate")),
-    ("toxicity", "seed 1"): (("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None)),
-    ("sentiment", "seed 0, the concept's 8 frames"): (("shared_hard_default_48", "ln2", "shared hard gate"), ("plain_default_48", "ln2", None),
-                                                      ("per_site_outputs_48", "outputs", "per-site gate"), ("actadd_48", "outputs", "per-site gate")),
-    ("sentiment", "seed 1, the concept's 8 frames"): (("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None)),
-    ("sentiment", "seed 0, 32 frames"): (("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate")),
-    ("sentiment", "seed 1, 32 frames"): (("varied_frames/seed1", "ln2", "shared hard gate"),),
+from standings import HERE, ROOT, RUNS_48, rows, standings
+
+
+def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | None], ...]:
+    """``(folder under results/gate, site label, gate label)`` as :data:`standings.RUNS_48` holds them."""
+    return tuple(("{root}/gate/" + folder + "/{concept}", sites, gate) for folder, sites, gate in runs)
+
+
+SEED_1 = _runs(("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None))
+FITS = {  # (concept, fit) -> the runs read
+    ("toxicity", "seed 0"): RUNS_48,
+    ("toxicity", "seed 1"): SEED_1,
+    ("sentiment", "seed 0, the concept's 8 frames"): RUNS_48,
+    ("sentiment", "seed 1, the concept's 8 frames"): SEED_1,
+    ("sentiment", "seed 0, 32 frames"): _runs(("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate")),
+    ("sentiment", "seed 1, 32 frames"): _runs(("varied_frames/seed1", "ln2", None)),
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.50)]
 
@@ -34,8 +40,7 @@ def main() -> None:
              "what each fit is). 48 held-out prompts x 2 samples, 95% intervals over prompts; lower is better. Bold: the lowest "
              "in the column; †: the interval lies wholly above the bold one's. A fit's table holds only the methods run on it.", ""]  # fmt: skip
     for (concept, fit), runs in FITS.items():
-        runs = tuple((RUNS + folder + "/{concept}", sites, gate) for folder, sites, gate in runs)
-        if not any((HERE / folder / concept / "comparison.csv").exists() for folder, _, _ in FITS[concept, fit]):
+        if not any((Path(t.format(root=ROOT, concept=concept)) / "comparison.csv").exists() for t, _, _ in runs):
             continue  # not run yet
         table = rows(concept, runs, set())
         lines += [f"## {concept}, {fit}", "", *standings(table, VIEWS), ""]
