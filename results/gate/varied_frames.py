@@ -90,10 +90,9 @@ def open_rates() -> list[str]:
         for sites, method in (("default (ln2)", None), ("ITI-c's heads", "iti")):
             steerer = HookedSteerer(model).fit(src, tgt, method=method or "mean_act", control=control, progress=False,
                         gate={"shared": True, "hard": True})
-            soft = steerer.gate_.options
-            opened = torch.cat([steerer.prompt_gate(held_out[i : i + 16]) for i in range(0, 48, 16)])
-            soft.hard = False
+            steerer.gate_.options.hard = False  # the vote's probability; the hard gate opens where it is >= 1/2
             vote = torch.cat([steerer.prompt_gate(held_out[i : i + 16]) for i in range(0, 48, 16)])
+            opened = (vote >= 0.5).float()
             lines.append(f"| {name} | {sites} | {len(steerer.gate_.active_sites)} | {int(opened.sum())} "
                          f"({float(opened.mean()):.0%}) | {float(vote.mean()):.2f} |")
     return lines
@@ -115,6 +114,7 @@ if __name__ == "__main__":
         (OUT.parent / "open_rates.md").write_text(table + "\n")
         print(table)
     else:
+        fit = pools()
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(pools(), indent=1) + "\n")
-        print(f"wrote {OUT}: {len(pools()['source'])} + {len(pools()['target'])} prompts")
+        OUT.write_text(json.dumps(fit, indent=1) + "\n")
+        print(f"wrote {OUT}: {len(fit['source'])} + {len(fit['target'])} prompts")
