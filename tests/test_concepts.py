@@ -70,6 +70,29 @@ def test_split(name: str) -> None:
         c.split(n_fit=10_000)
 
 
+@pytest.mark.parametrize("name", ["toxicity", "sentiment"])
+def test_split_paired_draws_matched_pairs(name: str) -> None:
+    c = get_concept(name)
+    assert c.paired
+    source, target = c.split(n_fit=32, seed=0, paired=True)
+    pairs = {s: t for s, t in zip(c.source_prompts, c.target_prompts)}
+    assert len(set(source)) == 32 and [pairs[s] for s in source] == target
+    # the pools pair prompt by prompt: the same frame slot, only the concept's words differ
+    src_words, tgt_words = set(source[0].split()), set(target[0].split())
+    assert src_words & tgt_words and src_words != tgt_words
+    assert c.split(32, seed=0, paired=True) == (source, target) != c.split(32, seed=1, paired=True)
+    assert c.split(32, seed=0) == c.split(32, seed=0, paired=False)  # the default draw is unchanged
+    _, chat_target = c.chat_split(32, seed=0, instruction="", paired=True)
+    assert [m[0]["content"] for m in chat_target] == target
+
+
+def test_split_paired_refuses_unpaired_pools() -> None:
+    c = get_concept("style")
+    assert not c.paired
+    with pytest.raises(ValueError, match="not paired prompt by prompt.*paired=False"):
+        c.split(32, paired=True)
+
+
 def test_unknown_concept() -> None:
     assert concepts.available_concepts() == NAMES
     with pytest.raises(ValueError, match="unknown concept"):

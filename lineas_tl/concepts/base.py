@@ -54,6 +54,9 @@ class Concept:
     description: str = ""
     control_pool: list[str] = field(default_factory=list, repr=False)
     """Neutral prompts steering should leave alone (see :mod:`lineas_tl.concepts.control`)."""
+    paired: bool = False
+    """Whether ``source_prompts[i]`` and ``target_prompts[i]`` differ only in the concept (the same
+    sentence frame and subject slot), so that :meth:`split` can draw matched pairs."""
 
     def control_prompts(self, n: int = 32, seed: int = 0) -> list[str]:
         """Draw ``n`` control prompts (deterministic for a seed) for ``fit(..., control=..., gate=True)``.
@@ -65,22 +68,34 @@ class Concept:
             raise ValueError(f"n={n} exceeds the {len(self.control_pool)} control prompts of {self.name!r}")
         return random.Random(seed).sample(self.control_pool, n)
 
-    def split(self, n_fit: int = 32, seed: int = 0) -> FitSplit:
+    def split(self, n_fit: int = 32, seed: int = 0, paired: bool = False) -> FitSplit:
         """Draw ``n_fit`` source and ``n_fit`` target prompts (deterministic for a seed).
 
-        Fit prompts come from the source/target pools, which never overlap ``eval_prompts``.
+        Fit prompts come from the source/target pools, which never overlap ``eval_prompts``. By
+        default the two sides are drawn independently. ``paired=True`` (concepts with
+        :attr:`paired` pools) draws the same pool indices on both sides, so the sets differ only in
+        the concept: an independent draw's topic and frame imbalance between the sides also enters
+        a mean difference (``results/gate/README.md``, "Paired fit draws").
         """
         if n_fit > min(len(self.source_prompts), len(self.target_prompts)):
             raise ValueError(f"n_fit={n_fit} exceeds the prompt pools of {self.name!r}")
         rng = random.Random(seed)
+        if paired:
+            if not self.paired or len(self.source_prompts) != len(self.target_prompts):
+                raise ValueError(
+                    f"the pools of {self.name!r} are not paired prompt by prompt; draw them with "
+                    "split(..., paired=False) or build a Concept with paired=True and index-matched pools"
+                )
+            idx = rng.sample(range(len(self.source_prompts)), n_fit)
+            return FitSplit([self.source_prompts[i] for i in idx], [self.target_prompts[i] for i in idx])
         source = rng.sample(self.source_prompts, n_fit)
         return FitSplit(source, rng.sample(self.target_prompts, n_fit))
 
     def chat_split(
-        self, n_fit: int = 32, seed: int = 0, instruction: str = CONTINUE_INSTRUCTION
+        self, n_fit: int = 32, seed: int = 0, instruction: str = CONTINUE_INSTRUCTION, paired: bool = False
     ) -> tuple[list[Conversation], list[Conversation]]:
         """:meth:`split`'s prompts in chat form (see :func:`chat_prompts`): ``(source, target)``."""
-        source, target = self.split(n_fit, seed)
+        source, target = self.split(n_fit, seed, paired)
         return chat_prompts(source, instruction), chat_prompts(target, instruction)
 
     def chat_eval_prompts(self, instruction: str = CONTINUE_INSTRUCTION) -> list[Conversation]:

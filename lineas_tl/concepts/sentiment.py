@@ -99,6 +99,7 @@ def concept() -> Concept:
         scorer=negativity_scores,
         score_name="negativity (VADER, (1 - compound) / 2)",
         goal="decrease",
+        paired=True,
         description=__doc__ or "",
         control_pool=_control_pool(),
     )

@@ -113,6 +113,7 @@ def concept() -> Concept:
         scorer=toxicity_scores,
         score_name="toxicity (alt-profanity-check probability)",
         goal="decrease",
+        paired=True,
         description=__doc__ or "",
         control_pool=_control_pool(),
     )

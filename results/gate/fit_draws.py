@@ -4,7 +4,9 @@ Stop 30 explained gated LinEAS's last place on sentiment by its fit frames: fitt
 of the concept's 8 frames, plain LinEAS moved its fit prompts and left the 48 held-out ones where
 they were. This ranks each fit's runs on the same 48 held-out prompts, one table per fit: seed 0 and
 seed 1 (another draw of the fit, control and reference prompts and of the sampling seeds), each
-with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs). Cells as
+with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs), and, for
+LinEAS and ITI-c, seed 0 and 1 drawn in matched pairs (`split(..., paired=True)`, see
+`paired_draws.py`). Cells as
 in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
 continuations within +50%. Writes `FIT_DRAWS.md`.
 
@@ -24,6 +26,8 @@ def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | Non
 
 
 SEED_1 = _runs(("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None))
+PAIRED = {seed: _runs((f"paired{sub}/shared_hard", "ln2", "shared hard gate"), (f"paired{sub}/plain", "ln2", None))
+          for seed, sub in ((0, ""), (1, "/seed1"))}  # split(..., paired=True): paired_draws.py
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
@@ -31,6 +35,10 @@ FITS = {  # (concept, fit) -> the runs read
     ("sentiment", "seed 1, the concept's 8 frames"): SEED_1,
     ("sentiment", "seed 0, 32 frames"): _runs(("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate")),
     ("sentiment", "seed 1, 32 frames"): _runs(("varied_frames/seed1", "ln2", None)),
+    ("toxicity", "seed 0, paired draw"): PAIRED[0],
+    ("toxicity", "seed 1, paired draw"): PAIRED[1],
+    ("sentiment", "seed 0, paired draw"): PAIRED[0],
+    ("sentiment", "seed 1, paired draw"): PAIRED[1],
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.50)]
 

@@ -51,13 +51,14 @@ METHODS = ("lineas", "linear_act", "mean_act", "caa", "iti", "actadd")
 
 
 def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: tuple[float, ...] | None = None,
-             n_eval: int | None = None, n_in_sample: int = 0, fit_pools: Path | None = None) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
+             n_eval: int | None = None, n_in_sample: int = 0, fit_pools: Path | None = None, paired: bool = False) -> tuple[Any, list[str], list[str], list[str], dict[str, Any]]:  # fmt: skip
     """The concept, its fit and control prompts, and ``compare``'s evaluation arguments for a run
     (``strengths``: sweep these and 0 only, for every method, instead of the main job's grid;
     ``n_eval``: held-out prompts continued, instead of the main job's 12; ``n_in_sample``: source
     fit prompts continued too, for the in-sample columns; ``fit_pools``: a JSON file of
     ``{"source": [...], "target": [...]}`` pools the fit prompts are drawn from, as
-    :meth:`~lineas_tl.concepts.base.Concept.split` draws from the concept's own)."""
+    :meth:`~lineas_tl.concepts.base.Concept.split` draws from the concept's own; ``paired``: the
+    same pool indices on both sides, ``split(..., paired=True)``)."""
     import dataclasses
 
     from lineas_tl.concepts import get_concept, reference_text
@@ -69,7 +70,7 @@ def protocol(concept_name: str, quick: bool = False, seed: int = 0, strengths: t
         pools = json.loads(fit_pools.read_text())
         c = dataclasses.replace(c, source_prompts=pools["source"], target_prompts=pools["target"])
     n_fit, n_eval = (8, 3) if quick else (cfg.n_fit, n_eval or cfg.n_eval)
-    src, tgt = c.split(n_fit, seed=seed)
+    src, tgt = c.split(n_fit, seed=seed, paired=paired)
     scorer = c.lower_is_better()
     common = dict(
         eval_prompts=c.eval_prompts[:n_eval], scorer=scorer,
@@ -86,7 +87,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
         gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None,
         n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0, pooling: str = "mean",
-        fit_pools: Path | None = None) -> None:  # fmt: skip
+        fit_pools: Path | None = None, paired: bool = False) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -96,7 +97,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
-    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample, fit_pools)
+    _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample, fit_pools, paired)
     methods = ("lineas", "mean_act") if quick else methods
     names = [*([] if gated_only else methods), *([] if plain_only else (f"{m}{GATE_SUFFIX}" for m in methods))]
     kwargs: dict[str, dict[str, Any]] = {n: {"steps": 3, "warn": False} for n in names if base_method(n) == "lineas"} if quick else {}
@@ -123,7 +124,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
         "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling,
-        "fit_pools": fit_pools and str(fit_pools),
+        "fit_pools": fit_pools and str(fit_pools), "paired": paired,
         "fit_source": src, "fit_target": tgt}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--pooling", default="mean", help="the steerer's pooling for every method (the paper's: mean)")
     ap.add_argument("--fit-pools", type=Path, default=None,
                     help='JSON {"source": [...], "target": [...]}: draw the fit prompts from these pools instead of the concept\'s')
+    ap.add_argument("--paired", action="store_true", help="draw the fit prompts in matched pairs (split(..., paired=True))")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
@@ -156,7 +158,7 @@ def main() -> None:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
             strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
             sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample, pooling=args.pooling,
-            fit_pools=args.fit_pools)
+            fit_pools=args.fit_pools, paired=args.paired)
 
 
 if __name__ == "__main__":
