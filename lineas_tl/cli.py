@@ -259,6 +259,7 @@ def compare(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="LinEAS optimisation steps.")] = None,
     n_fit: Annotated[int, typer.Option(help="Fit prompts per side drawn from the concept.")] = 32,
+    paired: Annotated[bool, typer.Option(help="Draw the concept's fit prompts in matched pairs (toxicity, sentiment).")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Length of each continuation.")] = 32,
     samples: Annotated[int, typer.Option(help="Sampled continuations per prompt.")] = 3,
     greedy: Annotated[
@@ -288,7 +289,7 @@ def compare(
         from lineas_tl.concepts import get_concept
 
         c = get_concept(concept)
-        split = c.split(n_fit=n_fit, seed=seed)
+        split = c.split(n_fit=n_fit, seed=seed, paired=paired)
         src, tgt = src or split.source, tgt or split.target
         evals = evals if evals is not None else c.eval_prompts
         held_out_target = [p for p in c.target_prompts if p not in set(tgt)] or None

@@ -347,3 +347,8 @@ def test_calibrate_then_generate_at_the_calibrated_strength(saved_steerer, gpt2_
 
 def test_demo_rejects_quick_and_full_together():
     assert_one_line_error(invoke("demo", "--quick", "--full"), "--quick", "--full")
+
+
+def test_compare_paired_refuses_a_concept_without_paired_pools(gpt2_dir):
+    result = invoke("compare", "--model", gpt2_dir, "--concept", "style", "--paired", "--no-progress")
+    assert_one_line_error(result, "not paired prompt by prompt")

@@ -6,7 +6,7 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
 seed 1 (another draw of the fit, control and reference prompts and of the sampling seeds), each
 with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs), and, for
 LinEAS and ITI-c, seed 0 and 1 drawn in matched pairs (`split(..., paired=True)`, see
-`paired_draws.py`). Cells as
+`paired_draws.py`), and seed 0 and 1's paired draws with `intense_target.py`'s emphatic target. Cells as
 in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
 continuations within +50%. Writes `FIT_DRAWS.md`.
 
@@ -39,6 +39,9 @@ FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 1, paired draw"): PAIRED[1],
     ("sentiment", "seed 0, paired draw"): PAIRED[0],
     ("sentiment", "seed 1, paired draw"): PAIRED[1],
+    **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
+                                                                          (f"intense_target{sub}/plain", "ln2", None))
+       for seed, sub in ((0, ""), (1, "/seed1"))},  # intense_target.py
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.50)]
 

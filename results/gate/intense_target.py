@@ -14,16 +14,16 @@ over the same 8 fit topics. The source pool is the concept's.
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas iti --n-eval 48 \\
         --strengths 0.25 0.5 0.8 1 1.5 2 3 --paired --fit-pools results/gate/intense_target/pools.json \\
         --gate '{"shared": true, "hard": true}' --out results/gate/intense_target/shared_hard --threads 1
+
+The same two runs with ``--seed 1`` write ``intense_target/seed1/plain`` and ``.../seed1/shared_hard``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-from run_gate_results import protocol
+from run_gate_results import protocol, script_setup
 
 from lineas_tl.concepts.base import fill, shuffled
 from lineas_tl.concepts.sentiment import _FIT_TOPICS, _NEGATIVE_FRAMES
@@ -53,17 +53,12 @@ def pools() -> dict[str, list[str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from lineas_tl import models
+    _, model = script_setup()
     from lineas_tl.evaluate import concept_score, continuations
 
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "pools.json"
     path.write_text(json.dumps(pools(), indent=1))
-    model = models.load("smollm2-135m")
     lines = ["# The unsteered model's score on the drawn target prompts (seed 0, paired draw)", "",
              "`python results/gate/intense_target.py --threads 1`. 2 sampled continuations per prompt (the gate runs' "
              "sampling, seed 0), 95% bootstrap intervals over prompts; lower is better.", "",

@@ -11,23 +11,16 @@ how many coordinates would be removed or inverted at each strength. Writes ``map
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from run_gate_results import HERE, protocol
+from run_gate_results import HERE, protocol, script_setup
 
 STRENGTHS = (1.0, 1.5, 2.0, 3.0)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--concepts", nargs="+", default=["sentiment", "toxicity"])
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from lineas_tl import HookedSteerer, collect_activations, models
+    args, model = script_setup(["sentiment", "toxicity"])
+    from lineas_tl import HookedSteerer, collect_activations
 
-    model = models.load("smollm2-135m")
     lines = ["# The default LinEAS fit's scales (omega)", "", "`python results/gate/map_scales.py --threads 1`. "
              "Gated LinEAS (shared hard gate, control term) at the default sites and preset, seed 0's fit.", "",
              "| concept | coordinates | omega: 1st / 50th / 99th percentile | max abs(omega - 1) | removed or inverted at strength "

@@ -14,23 +14,13 @@ The runs on paired draws are in this folder's README, "Paired fit draws".
 
 from __future__ import annotations
 
-import argparse
-import random
 from pathlib import Path
 
 import torch
+from run_gate_results import script_setup
 
 OUT = Path(__file__).parent / "paired" / "nuisance.md"
 SEEDS = (0, 1, 2, 3)
-
-
-def _draw(n_pool: int, n: int, seed: int, paired: bool) -> tuple[list[int], list[int]]:
-    """The pool indices ``Concept.split`` draws for each side (the same generator calls)."""
-    rng = random.Random(seed)
-    if paired:
-        idx = rng.sample(range(n_pool), n)
-        return idx, idx
-    return rng.sample(range(n_pool), n), rng.sample(range(n_pool), n)
 
 
 def table(concept_name: str, model: object, n_fit: int = 32) -> list[str]:
@@ -50,8 +40,8 @@ def table(concept_name: str, model: object, n_fit: int = 32) -> list[str]:
     for paired in (False, True):
         diffs = []
         for seed in SEEDS:
-            i, j = _draw(len(c.source_prompts), n_fit, seed, paired)
-            assert (c.source_prompts[i[0]], c.target_prompts[j[0]]) == tuple(p[0] for p in c.split(n_fit, seed, paired))
+            drawn = c.split(n_fit, seed, paired)
+            i, j = [c.source_prompts.index(p) for p in drawn.source], [c.target_prompts.index(p) for p in drawn.target]
             diffs.append(torch.stack([tgt[s][j].mean(0) - src[s][i].mean(0) for s in sites]))
         full = torch.stack([tgt[s].mean(0) - src[s].mean(0) for s in sites])
         to_full = torch.stack([cos(d, full, dim=1) for d in diffs])  # [seed, site]
@@ -66,14 +56,7 @@ def table(concept_name: str, model: object, n_fit: int = 32) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from lineas_tl import models
-
-    model = models.load("smollm2-135m")
+    _, model = script_setup()
     lines = ["# Fit draws' mean differences: independent against paired", "",
              "`python results/gate/paired_draws.py --threads 1`. SmolLM2-135M, unsteered, each prompt's mean "
              f"over its tokens; {len(SEEDS)} seeds of 32 + 32 prompts per draw kind; each cell is the mean over "

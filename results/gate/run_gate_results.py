@@ -129,6 +129,20 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
+def script_setup(concepts: list[str] | None = None) -> tuple[argparse.Namespace, Any]:
+    """The measuring scripts' preamble: parse ``--threads`` (and ``--concepts``, defaulting to
+    ``concepts``, when given), set the thread count, load SmolLM2. Returns ``(args, model)``."""
+    from lineas_tl import models
+
+    ap = argparse.ArgumentParser()
+    if concepts is not None:
+        ap.add_argument("--concepts", nargs="+", default=concepts)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, models.load("smollm2-135m")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")

@@ -20,11 +20,9 @@ Writes ``target_floor.md``.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-import torch
-from run_gate_results import HERE, protocol
+from run_gate_results import HERE, protocol, script_setup
 
 
 def far_target(concept: Any, n: int, model: Any = None, seed: int = 0, *, generation: Any = None,
@@ -68,14 +66,7 @@ def floors(model: Any, concept_name: str, seed: int = 0) -> list[tuple[str, int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--concepts", nargs="+", default=["toxicity", "sentiment"])
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from lineas_tl import models
-
-    model = models.load("smollm2-135m")
+    args, model = script_setup(["toxicity", "sentiment"])
     lines = ["# The unsteered model's score on each prompt set a fit maps between", "",
              "`python results/gate/target_floor.py --threads 1`. Seed 0, 2 sampled continuations per prompt "
              "(the paper's settings), 95% bootstrap intervals over prompts; lower is better.", ""]  # fmt: skip
