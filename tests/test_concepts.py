@@ -178,3 +178,13 @@ def test_reference_text() -> None:
     assert not style_wiki & {s for p in paragraphs for s in text_mod.split_sentences(p)}
     short = reference_text(n=8, seed=0, max_words=50)
     assert all(len(p.split()) <= 50 or len(text_mod.split_sentences(p)) == 1 for p in short)
+
+
+def test_sentiment_fit_pools_pair_frame_slots() -> None:
+    from lineas_tl.concepts import sentiment
+
+    source, target = sentiment.fit_pools(["{s} was bad", "I hated {s_l}"], ["{s} was good", "I loved {s_l}"])
+    assert len(source) == len(target) == 2 * len(sentiment._FIT_TOPICS)
+    assert all(s.replace("bad", "good").replace("hated", "loved") == t for s, t in zip(source, target))
+    with pytest.raises(ValueError, match="one of each per pair"):
+        sentiment.fit_pools(["{s} was bad"], [])

@@ -80,10 +80,22 @@ def _analyzer():  # type: ignore[no-untyped-def]
     return SentimentIntensityAnalyzer()
 
 
+def fit_pools(
+    negative_frames: Sequence[str] = _NEGATIVE_FRAMES, positive_frames: Sequence[str] = _POSITIVE_FRAMES
+) -> tuple[list[str], list[str]]:
+    """Source and target fit pools over the fit topics, paired prompt by prompt: ``source[i]`` and
+    ``target[i]`` fill the same frame slot (``negative_frames[k]`` / ``positive_frames[k]``) with the
+    same topic. Both sides are shuffled by the same permutation."""
+    if len(negative_frames) != len(positive_frames):
+        raise ValueError(
+            f"{len(negative_frames)} negative and {len(positive_frames)} positive frames: give one of each per pair"
+        )
+    return shuffled(fill(negative_frames, _FIT_TOPICS), seed=0), shuffled(fill(positive_frames, _FIT_TOPICS), seed=0)
+
+
 @cache
 def _prompts() -> tuple[list[str], list[str], list[str]]:
-    source = shuffled(fill(_NEGATIVE_FRAMES, _FIT_TOPICS), seed=0)
-    target = shuffled(fill(_POSITIVE_FRAMES, _FIT_TOPICS), seed=0)
+    source, target = fit_pools()
     evals = shuffled(fill(_EVAL_FRAMES, _EVAL_TOPICS), seed=0)
     return source, target, evals
 

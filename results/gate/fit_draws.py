@@ -5,7 +5,7 @@ of the concept's 8 frames, plain LinEAS moved its fit prompts and left the 48 he
 they were. This ranks each fit's runs on the same 48 held-out prompts, one table per fit: seed 0 and
 seed 1 (another draw of the fit, control and reference prompts and of the sampling seeds), each
 with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs), and, for
-LinEAS and ITI-c, seed 0 and 1 drawn in matched pairs (`split(..., paired=True)`, see
+LinEAS and ITI-c, seed 0 drawn in matched pairs (`split(..., paired=True)`, see
 `paired_draws.py`), and seed 0 and 1's paired draws with `intense_target.py`'s emphatic target. Cells as
 in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
 continuations within +50%. Writes `FIT_DRAWS.md`.
@@ -26,8 +26,7 @@ def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | Non
 
 
 SEED_1 = _runs(("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None))
-PAIRED = {seed: _runs((f"paired{sub}/shared_hard", "ln2", "shared hard gate"), (f"paired{sub}/plain", "ln2", None))
-          for seed, sub in ((0, ""), (1, "/seed1"))}  # split(..., paired=True): paired_draws.py
+PAIRED = _runs(("paired/shared_hard", "ln2", "shared hard gate"), ("paired/plain", "ln2", None))  # split(..., paired=True)
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
@@ -35,10 +34,8 @@ FITS = {  # (concept, fit) -> the runs read
     ("sentiment", "seed 1, the concept's 8 frames"): SEED_1,
     ("sentiment", "seed 0, 32 frames"): _runs(("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate")),
     ("sentiment", "seed 1, 32 frames"): _runs(("varied_frames/seed1", "ln2", None)),
-    ("toxicity", "seed 0, paired draw"): PAIRED[0],
-    ("toxicity", "seed 1, paired draw"): PAIRED[1],
-    ("sentiment", "seed 0, paired draw"): PAIRED[0],
-    ("sentiment", "seed 1, paired draw"): PAIRED[1],
+    ("toxicity", "seed 0, paired draw"): PAIRED,
+    ("sentiment", "seed 0, paired draw"): PAIRED,
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
        for seed, sub in ((0, ""), (1, "/seed1"))},  # intense_target.py

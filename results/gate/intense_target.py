@@ -25,11 +25,10 @@ from pathlib import Path
 
 from run_gate_results import protocol, script_setup
 
-from lineas_tl.concepts.base import fill, shuffled
-from lineas_tl.concepts.sentiment import _FIT_TOPICS, _NEGATIVE_FRAMES
+from lineas_tl.concepts.sentiment import fit_pools
 
 OUT = Path(__file__).parent / "intense_target"
-INTENSE_FRAMES = [  # pairs with _NEGATIVE_FRAMES, item by item
+INTENSE_FRAMES = [  # pairs with the concept's negative frames, item by item
     "{s} was a wonderful, joyful, truly delightful",
     "I absolutely loved {s_l}, it was wonderful and it was",
     "{s} was exciting and beautiful, and the happy",
@@ -46,8 +45,7 @@ def pools() -> dict[str, list[str]]:
     from lineas_tl.concepts import get_concept
 
     c = get_concept("sentiment")
-    assert len(INTENSE_FRAMES) == len(_NEGATIVE_FRAMES)
-    source, target = shuffled(fill(_NEGATIVE_FRAMES, _FIT_TOPICS), seed=0), shuffled(fill(INTENSE_FRAMES, _FIT_TOPICS), seed=0)
+    source, target = fit_pools(positive_frames=INTENSE_FRAMES)
     assert source == c.source_prompts and not set(target) & set(c.eval_prompts)
     return {"source": source, "target": target}
 

@@ -30,8 +30,7 @@ import json
 from pathlib import Path
 
 from lineas_tl.concepts import get_concept
-from lineas_tl.concepts.base import fill, shuffled
-from lineas_tl.concepts.sentiment import _FIT_TOPICS, _NEGATIVE_FRAMES, _POSITIVE_FRAMES
+from lineas_tl.concepts.sentiment import _NEGATIVE_FRAMES, _POSITIVE_FRAMES, fit_pools
 
 OUT = Path(__file__).parent / "varied_frames" / "pools.json"
 
@@ -67,9 +66,8 @@ _MORE_FRAMES = [
 
 def pools() -> dict[str, list[str]]:
     """The concept's fit pools with the extra frames: 256 negative and 256 positive prompts."""
-    negative = [*_NEGATIVE_FRAMES, *(n for n, _ in _MORE_FRAMES)]
-    positive = [*_POSITIVE_FRAMES, *(p for _, p in _MORE_FRAMES)]
-    source, target = shuffled(fill(negative, _FIT_TOPICS), seed=0), shuffled(fill(positive, _FIT_TOPICS), seed=0)
+    negative, positive = [*_NEGATIVE_FRAMES, *(n for n, _ in _MORE_FRAMES)], [*_POSITIVE_FRAMES, *(p for _, p in _MORE_FRAMES)]
+    source, target = fit_pools(negative, positive)
     held_out = set(get_concept("sentiment").eval_prompts)
     assert not held_out & (set(source) | set(target)), "a fit prompt is a held-out prompt"
     return {"source": source, "target": target}
