@@ -6,9 +6,11 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
 seed 1 (another draw of the fit, control and reference prompts and of the sampling seeds), each
 with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs), and, for
 LinEAS and ITI-c, seed 0 drawn in matched pairs (`split(..., paired=True)`, see
-`paired_draws.py`), and seed 0 and 1's paired draws with `intense_target.py`'s emphatic target. Cells as
-in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
-continuations within +50%. Writes `FIT_DRAWS.md`.
+`paired_draws.py`), and seed 0 and 1's paired draws with `intense_target.py`'s emphatic target; on seed 0's paired
+draws, LinEAS (gated; at 0.001 plain too) with the sparse-group-lasso on (``gamma`` 0.001, 0.003 and 0.01; 0.001 on seed 1 and 2's paired draws, with dense gated LinEAS and ITI-c, and on seed 0's 32 frames too)
+and at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``). Cells as in
+`STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
+continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
 
     python results/gate/fit_draws.py
 """
@@ -27,20 +29,33 @@ def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | Non
 
 SEED_1 = _runs(("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None))
 PAIRED = _runs(("paired/shared_hard", "ln2", "shared hard gate"), ("paired/plain", "ln2", None))  # split(..., paired=True)
+SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared hard gate"),  # sparsity_screen.py
+               ("sparsity/gamma0.001/extended", "ln2, gamma 0.001", "shared hard gate"),
+               ("sparsity/gamma0.001/plain", "ln2, gamma 0.001", None),
+               ("sparsity/gamma0.003/shared_hard", "ln2, gamma 0.003", "shared hard gate"),
+               ("sparsity/gamma0.01/shared_hard", "ln2, gamma 0.01", "shared hard gate"),
+               ("heads/shared_hard", "heads", "shared hard gate"))
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
     ("sentiment", "seed 0, the concept's 8 frames"): RUNS_48,
     ("sentiment", "seed 1, the concept's 8 frames"): SEED_1,
-    ("sentiment", "seed 0, 32 frames"): _runs(("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate")),
+    ("sentiment", "seed 0, 32 frames"): _runs(("varied_frames", "ln2", "shared hard gate"), ("varied_frames/baselines", "outputs", "per-site gate"),
+                                              ("sparsity/gamma0.001/varied_frames", "ln2, gamma 0.001", "shared hard gate")),
     ("sentiment", "seed 1, 32 frames"): _runs(("varied_frames/seed1", "ln2", None)),
     ("toxicity", "seed 0, paired draw"): PAIRED,
     ("sentiment", "seed 0, paired draw"): PAIRED,
+    ("toxicity", "seed 0, paired draw, LinEAS sparse"): PAIRED + SPARSE,
+    ("sentiment", "seed 0, paired draw, LinEAS sparse or at the heads"): PAIRED + SPARSE,
+    **{("sentiment", f"seed {seed}, paired draw, LinEAS dense and sparse"): _runs((f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"),
+                                                                                 (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"))
+       for seed in (1, 2)},
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
+       + (_runs(("sparsity/gamma0.001/emphatic", "ln2, gamma 0.001", "shared hard gate")) if seed == 0 else ())
        for seed, sub in ((0, ""), (1, "/seed1"))},  # intense_target.py
 }  # fmt: skip
-VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.50)]
+VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50)]
 
 
 def main() -> None:

@@ -97,6 +97,8 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
     started = time.perf_counter()
     model = models.load("smollm2-135m")
+    if sites == "heads":  # LinEAS at ITI-c's sites: every block's attention heads (features (n_heads, d_head))
+        sites = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     _, src, tgt, control, common = protocol(concept_name, quick, seed, strengths, n_eval, n_in_sample, fit_pools, paired)
     methods = ("lineas", "mean_act") if quick else methods
     names = [*([] if gated_only else methods), *([] if plain_only else (f"{m}{GATE_SUFFIX}" for m in methods))]
@@ -119,12 +121,13 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     summary.to_csv(out / "frontier.csv", index=False)
     plot_tradeoff(table, out / "tradeoff.png", title=f"{concept_name}: with and without the gate")
     gate_acc = {m: h["gate"]["n_active"] for m, h in histories.items() if "gate" in h}
+    support = {m: round(sum(h["support"].values()) / len(h["support"]), 5) for m, h in histories.items() if h.get("support")}
     (out / "frontier.md").write_text(format_frontier(summary).to_markdown(index=False) + "\n")
     (out / "protocol.json").write_text(json.dumps({
         "quick": quick, "seed": seed, "seconds": round(time.perf_counter() - started), "protocol": settings,
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
         "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling,
-        "fit_pools": fit_pools and str(fit_pools), "paired": paired,
+        "fit_pools": fit_pools and str(fit_pools), "paired": paired, "support_mean_over_sites": support,
         "fit_source": src, "fit_target": tgt}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
@@ -157,7 +160,7 @@ def main() -> None:
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
     ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
-                    "(default: the library's; 'outputs' before stop 28)")
+                    "(default: the library's; 'outputs' before stop 28), or 'heads': every block's attn.hook_z")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
