@@ -1,16 +1,21 @@
-"""The ranking across fit draws: two seeds, and the sentiment concept's 8 fit frames against 32.
+"""The ranking across fit draws: seeds, sentence frames, paired draws, targets and sparsity.
 
 Stop 30 explained gated LinEAS's last place on sentiment by its fit frames: fitted on seed 0's draw
 of the concept's 8 frames, plain LinEAS moved its fit prompts and left the 48 held-out ones where
-they were. This ranks each fit's runs on the same 48 held-out prompts, one table per fit: seed 0 and
-seed 1 (another draw of the fit, control and reference prompts and of the sampling seeds), each
-with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame pairs), and, for
-LinEAS and ITI-c, seed 0 drawn in matched pairs (`split(..., paired=True)`, see
-`paired_draws.py`), and seed 0 and 1's paired draws with `intense_target.py`'s emphatic target; on seed 0's paired
-draws, LinEAS (gated; at 0.001 plain too) with the sparse-group-lasso on (``gamma`` 0.001, 0.003 and 0.01; 0.001 on seed 1 and 2's paired draws, with dense gated LinEAS and ITI-c, and on seed 0's 32 frames too)
-and at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``). Cells as in
-`STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10% with the
-continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
+they were. This ranks each fit's runs on the same 48 held-out prompts, one table per fit:
+
+- seed 0 and seed 1 (another draw of the fit, control and reference prompts and of the sampling
+  seeds), each with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame
+  pairs);
+- for LinEAS and ITI-c, gated, draws in matched pairs (`split(..., paired=True)`, see
+  `paired_draws.py`) at seeds 0-2, and seed 0 and 1's paired draws with `intense_target.py`'s
+  emphatic target;
+- LinEAS with the sparse-group-lasso on (``gamma`` 0.001, 0.003 and 0.01 on seed 0's paired draw,
+  0.001 also plain, on seeds 1-2's paired draws, on the emphatic target and on seed 0's 32
+  frames), and at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``).
+
+Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
+with the continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
 
     python results/gate/fit_draws.py
 """
