@@ -34,7 +34,7 @@ def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | Non
 
 SEED_1 = _runs(("shared_hard_default_48/seed1", "ln2", "shared hard gate"), ("plain_default_48/seed1", "ln2", None))
 PAIRED = _runs(("paired/shared_hard", "ln2", "shared hard gate"), ("paired/plain", "ln2", None))  # split(..., paired=True)
-SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared hard gate"),  # sparsity_screen.py
+SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared hard gate"),  # stop 33: fit(gamma=...), --sites heads
                ("sparsity/gamma0.001/extended", "ln2, gamma 0.001", "shared hard gate"),
                ("sparsity/gamma0.001/plain", "ln2, gamma 0.001", None),
                ("sparsity/gamma0.003/shared_hard", "ln2, gamma 0.003", "shared hard gate"),
