@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +133,25 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
-def script_setup(concepts: list[str] | None = None) -> tuple[argparse.Namespace, Any]:
-    """The measuring scripts' preamble: parse ``--threads`` (and ``--concepts``, defaulting to
-    ``concepts``, when given), set the thread count, load SmolLM2. Returns ``(args, model)``."""
-    from lineas_tl import models
-
+def script_args(concepts: list[str] | None = None, add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """Parse ``--threads`` (and ``--concepts``, defaulting to ``concepts``, when given; and whatever
+    ``add_args`` adds) and set the thread count."""
     ap = argparse.ArgumentParser()
     if concepts is not None:
         ap.add_argument("--concepts", nargs="+", default=concepts)
     ap.add_argument("--threads", type=int, default=1)
+    if add_args is not None:
+        add_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    return args, models.load("smollm2-135m")
+    return args
+
+
+def script_setup(concepts: list[str] | None = None) -> tuple[argparse.Namespace, Any]:
+    """The measuring scripts' preamble: :func:`script_args`, then load SmolLM2. Returns ``(args, model)``."""
+    from lineas_tl import models
+
+    return script_args(concepts), models.load("smollm2-135m")
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ Several processes with other ``--gammas`` can fill the file at once; ``--report`
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+from run_gate_results import protocol, script_args
 
 OUT = Path(__file__).parent / "sparsity"
 ROWS = OUT / "screen.jsonl"
@@ -47,30 +49,31 @@ def report() -> None:
 
 
 def main() -> None:
-    if "--report" in sys.argv:
+    def add_args(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--gammas", nargs="+", type=float, default=[])
+        ap.add_argument("--report", action="store_true", help="only write screen.md from the rows")
+
+    args = script_args(["sentiment", "toxicity"], add_args)
+    if args.report:
         return report()
     import time
 
     import torch
-    from run_gate_results import protocol, script_setup
 
-    from lineas_tl import HookedSteerer
+    from lineas_tl import HookedSteerer, models
 
-    gammas = [float(g) for g in sys.argv[sys.argv.index("--gammas") + 1 :]]
-    del sys.argv[sys.argv.index("--gammas") :]
-    args, model = script_setup(["sentiment", "toxicity"])
+    model = models.load("smollm2-135m")
     OUT.mkdir(exist_ok=True)
     for name in args.concepts:
         _, src, tgt, control, _ = protocol(name, seed=0, paired=True)
-        for gamma in gammas:
+        for gamma in args.gammas:
             started = time.perf_counter()
             st = HookedSteerer(model).fit(src, tgt, control=control, gate={"shared": True, "hard": True},
                                           gamma=gamma, progress=False, warn=False)  # fmt: skip
-            moved = torch.cat([m.support().flatten() for m in st.maps_.values()])
-            by_site = st.support()
-            row = {"concept": name, "gamma": gamma, "support": float(moved.float().mean()),
-                   "sites": len(by_site), "sites_active": sum(v > 0 for v in by_site.values()),
-                   "layers_active": [int(site.split(".")[1]) for site, v in by_site.items() if v > 0],
+            masks = {site: m.support() for site, m in st.maps_.items()}
+            active = [int(site.split(".")[1]) for site, mask in masks.items() if mask.any()]
+            row = {"concept": name, "gamma": gamma, "support": float(torch.cat([m.flatten() for m in masks.values()]).float().mean()),
+                   "sites": len(masks), "sites_active": len(active), "layers_active": active,
                    "loss": float(st.history_["loss"][-1]), "stop_reason": st.history_.get("stop_reason"),
                    "seconds": round(time.perf_counter() - started)}  # fmt: skip
             with ROWS.open("a") as f:
