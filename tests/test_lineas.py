@@ -221,3 +221,17 @@ def test_default_preset_is_the_short_paper_recipe_at_norm_outputs_and_fast_elsew
     assert cut["preset"] == "paper_short" and cut["stop_reason"] == "steps"
     fast = HookedSteerer(llama_model, "outputs").fit(src, tgt, steps=3, progress=False, warn=False).history_
     assert fast["preset"] == "fast"
+
+
+def test_a_diverging_fit_raises_with_the_fix(native_model):
+    from lineas_tl.methods.convergence import DIVERGED, check_diverged
+
+    check_diverged([2.0], DIVERGED * 2.0, 1.0, 1, 0.1)  # at the bound: still a fit
+    with pytest.raises(FloatingPointError, match=r"diverged: its loss grew from 2 to 201 at step 3.*lower lr \(now 0.1\)") as err:
+        check_diverged([2.0, 5.0], 201.0, 1.0, 3, 0.1)
+    assert "control_weight" not in str(err.value)
+    with pytest.raises(FloatingPointError, match=r"became nan.*smaller control_weight \(now 10\)"):
+        check_diverged([], float("nan"), 1.0, 0, 0.1, control_weight=10.0)
+    source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
+    with pytest.raises(FloatingPointError, match="the LinEAS fit diverged.*lower lr"):
+        HookedSteerer(native_model).fit(source, target, lr=1e6, steps=5, init="identity", progress=False, warn=False)

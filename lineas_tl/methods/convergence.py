@@ -14,6 +14,7 @@ initial rate, so a loss frozen only by a decaying rate is not mistaken for a con
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,10 +22,29 @@ import torch
 
 RATE_FLOOR = 1 / 8
 SCHEDULES = ("constant", "cosine")
+DIVERGED = 100.0
+"""A loss above this many times the larger of the identity maps' loss and the first step's means
+the fit diverged (a runaway SGD step: ``paper_short`` off the paper's sites, or a heavy
+``control_weight``); :func:`check_diverged` raises rather than return maps far worse than doing
+nothing."""
 
 
 class NotConvergedWarning(UserWarning):
     """A fit ended (its step budget ran out) while its loss was still falling."""
+
+
+def check_diverged(losses: list[float], value: float, reference: float, step: int, lr: float, control_weight: float | None = None) -> None:
+    """Raise :class:`FloatingPointError` when ``value`` (step ``step``'s loss, after ``losses``) is not
+    finite or is over :data:`DIVERGED` times ``max(reference, losses[0])``, naming the fix."""
+    first = losses[0] if losses else value
+    if math.isfinite(value) and value <= DIVERGED * max(reference, first):
+        return
+    grew = f"grew from {first:.4g} to {value:.4g}" if math.isfinite(value) else f"became {value}"
+    hint = "" if control_weight is None else f", or a smaller control_weight (now {control_weight:g})"
+    raise FloatingPointError(
+        f"the LinEAS fit diverged: its loss {grew} at step {step} (the identity maps' loss: {reference:.4g}); "
+        f"lower lr (now {lr}) or use preset='authors_yaml' (Adam lr 1e-3){hint}"
+    )
 
 
 def make_schedule(opt: torch.optim.Optimizer, name: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:

@@ -44,7 +44,6 @@ Presets (every argument stays overridable; the table and sources are in
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from typing import Any
@@ -59,7 +58,7 @@ from lineas_tl.losses import Backend, global_loss, site_losses
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
-from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, make_schedule
+from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
 from lineas_tl.methods.lineas_params import _prox, _standardize  # noqa: F401 (_prox: benchmarks)
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
@@ -255,10 +254,7 @@ def fit_lineas(
             loss = site_vals.mean() if captured is None else loss
             loss = loss + term.loss() if term is not None else loss
             value = float(loss.detach())  # the one device sync of a step: the plateau rule reads it
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"the LinEAS loss became {value} at step {step}; lower lr (now {cfg['lr']}) or use preset='authors_yaml' (Adam lr 1e-3)"
-                )
+            check_diverged(history["loss"], value, reference, step, cfg["lr"], term.weight if term is not None else None)
             if keep_best and value < best[0]:
                 saved = best[1] or [torch.empty_like(p) for p in params]
                 torch._foreach_copy_(saved, [p.detach() for p in params])

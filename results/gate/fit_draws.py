@@ -8,10 +8,10 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
   seeds), each with the concept's fit pools and with `varied_frames.py`'s pools (24 more frame
   pairs);
 - for LinEAS and ITI-c, gated, draws in matched pairs (`split(..., paired=True)`, see
-  `paired_draws.py`) at seeds 0-2, and seed 0 and 1's paired draws with `intense_target.py`'s
-  emphatic target;
+  `paired_draws.py`) at seeds 0-8 (`across_draws.py` summarises them over the seeds), and seed 0
+  and 1's paired draws with `intense_target.py`'s emphatic target;
 - LinEAS with the sparse-group-lasso on (``gamma`` 0.001, 0.003 and 0.01 on seed 0's paired draw,
-  0.001 also plain, on seeds 1-2's paired draws, on the emphatic target and on seed 0's 32
+  0.001 also plain, on seeds 1-3's paired draws, on the emphatic target and on seed 0's 32
   frames), and at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``).
 
 Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
@@ -52,9 +52,9 @@ FITS = {  # (concept, fit) -> the runs read
     ("sentiment", "seed 0, paired draw"): PAIRED,
     ("toxicity", "seed 0, paired draw, LinEAS sparse"): PAIRED + SPARSE,
     ("sentiment", "seed 0, paired draw, LinEAS sparse or at the heads"): PAIRED + SPARSE,
-    **{("sentiment", f"seed {seed}, paired draw, LinEAS dense and sparse"): _runs((f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"),
-                                                                                 (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"))
-       for seed in (1, 2)},
+    **{("sentiment", f"seed {seed}, paired draw, gated LinEAS (dense, and sparse where run) and ITI-c"): _runs(
+        (f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"), (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"))
+       for seed in range(1, 10)},  # not run yet: skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
        + (_runs(("sparsity/gamma0.001/emphatic", "ln2, gamma 0.001", "shared hard gate")) if seed == 0 else ())

@@ -1,0 +1,102 @@
+"""Gated LinEAS against gated ITI-c over paired fit draws: `results/gate/paired/ACROSS_DRAWS.md`.
+
+Each seed's paired draw (`run_gate_results.py --paired --seed S`) fits LinEAS and ITI-c, both with
+the shared hard gate, on its own fit, control and reference prompts with its own sampling seeds; the
+48 held-out prompts are the same. A run's 95% intervals are over prompts and say nothing about the
+fit draw, which moves a cell by up to 0.08. This reads every seed's run and, per view (the
+continuations' perplexity under the unsteered model within +10%, +25%, +50%, or any), the best
+score of each fit per seed, then the mean over seeds with a 95% Student-t interval over the seeds,
+and the same for the paired difference LinEAS minus ITI-c (negative: LinEAS lower), with the
+number of seeds at which LinEAS is the lower of the two.
+
+    python results/gate/across_draws.py
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from fit_draws import VIEWS
+from standings import HERE
+
+from lineas_tl.evaluate import frontier_summary
+
+CONCEPT = "sentiment"
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+FINE = "ITI-c, + 0.1-0.2"
+FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
+    "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
+    "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
+    "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
+    FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
+}  # fmt: skip
+DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE))
+
+
+def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:
+    paths = [HERE / f / CONCEPT / "comparison.csv" for f in folders]
+    if not paths[0].exists():
+        return None
+    t = pd.concat([pd.read_csv(p) for p in paths if p.exists()], ignore_index=True)
+    return t[t["method"] == method].drop_duplicates(["method", "strength"])
+
+
+def best_scores(max_seed: int = 9) -> pd.DataFrame:
+    """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
+    out = []
+    for label, (method, first, templates) in FITS.items():
+        for seed in range(max_seed + 1):
+            t = _table(method, first if seed == 0 else tuple(f.format(seed=seed) for f in templates))
+            if t is None:
+                continue
+            for budget, cont in VIEWS[2:]:  # ≤ +25% reference (a gated row costs it nothing) with each continuation budget
+                s = frontier_summary(t, [budget], "score_out", cont_budget=cont).iloc[0]
+                view = "any" if cont is None else f"cont. ≤ +{100 * cont:g}%"
+                out.append(dict(fit=label, seed=seed, view=view, score=s["score"], strength=s["strength"]))
+    return pd.DataFrame(out)
+
+
+def mean_ci(values: pd.Series, sign: str = "") -> str:
+    """``mean [lo, hi] (sd s)``: a 95% Student-t interval over the values (seeds) and their standard
+    deviation; ``sign="+"`` signs the first three."""
+    n, m = len(values), float(values.mean())
+    if n < 2:
+        return f"{m:{sign}.3f}"
+    sd = float(values.std(ddof=1))
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return f"{m:{sign}.3f} [{m - half:{sign}.3f}, {m + half:{sign}.3f}] (sd {sd:.3f})"
+
+
+def report(scores: pd.DataFrame) -> list[str]:
+    """The per-seed cells and the over-seeds means and differences, as markdown lines."""
+    views = list(dict.fromkeys(scores["view"]))
+    wide = scores.pivot_table(index=["fit", "seed"], columns="view", values="score")[views]
+    lines = ["| fit | seed | " + " | ".join(views) + " |", "|---" * (len(views) + 2) + "|"]
+    lines += [f"| {fit} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for (fit, seed), row in wide.iterrows()]
+    lines += ["", "Mean over the seeds each fit was run at [95% t-interval over seeds] (standard deviation over seeds); differences over the seeds both fits share:", "",
+              "| | seeds | " + " | ".join(views) + " |", "|---" * (len(views) + 2) + "|"]  # fmt: skip
+    for fit in FITS:
+        if fit in wide.index.get_level_values(0):
+            w = wide.loc[fit]
+            lines.append(f"| {fit} | {len(w)} | " + " | ".join(mean_ci(w[v]) for v in views) + " |")
+    for fit, base in [(f, b) for f, b in DIFFERENCES if {f, b} <= set(wide.index.get_level_values(0))]:
+        d = (wide.loc[fit] - wide.loc[base]).dropna()
+        cells = (f"{mean_ci(d[v], '+')}; lower at {int((d[v] < 0).sum())} of {len(d)}" for v in views)
+        lines.append(f"| {fit} minus {base} | {len(d)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    lines = [f"# Gated LinEAS and gated ITI-c over paired fit draws ({CONCEPT})", "",
+             "`python results/gate/across_draws.py` (its docstring says what it reads). Best held-out score (48 prompts x 2 samples; "
+             "lower is better) of each fit with the shared hard gate, per seed and view; a view bounds the continuations' "
+             "perplexity under the unsteered model (the reference text's is within +25% on every gated row).", "", *report(best_scores())]  # fmt: skip
+    path = HERE / "paired" / "ACROSS_DRAWS.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
