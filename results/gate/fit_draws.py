@@ -54,7 +54,7 @@ FITS = {  # (concept, fit) -> the runs read
     ("sentiment", "seed 0, paired draw, LinEAS sparse or at the heads"): PAIRED + SPARSE,
     **{("sentiment", f"seed {seed}, paired draw, gated LinEAS (dense, and sparse where run) and ITI-c"): _runs(
         (f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"), (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"))
-       for seed in range(1, 10)},  # not run yet: skipped
+       for seed in range(1, 10)},  # a seed not run is skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
        + (_runs(("sparsity/gamma0.001/emphatic", "ln2, gamma 0.001", "shared hard gate")) if seed == 0 else ())
