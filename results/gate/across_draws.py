@@ -15,7 +15,6 @@ number of seeds at which LinEAS is the lower of the two.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 from standings import HERE
