@@ -235,3 +235,30 @@ def test_a_diverging_fit_raises_with_the_fix(native_model):
     source, target = marked_prompts(8, 1, 1), marked_prompts(8, 2, 2)
     with pytest.raises(FloatingPointError, match="the LinEAS fit diverged.*lower lr"):
         HookedSteerer(native_model).fit(source, target, lr=1e6, steps=5, init="identity", progress=False, warn=False)
+
+
+def test_restrict_keeps_the_maps_at_the_identity_outside_their_masks(native_model):
+    from lineas_tl.methods.iti import head_masks
+    from lineas_tl.validate import SteeringInputError
+
+    source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
+    plant_embedding_shift(native_model, 1)
+    masks = head_masks(native_model, [[0, 1], [2, 0], [2, 3]])
+    kw = dict(steps=25, lr=1e-2, progress=False, warn=False)  # `fast` at hook_z: standardised, mean_act warm start
+    fitted = HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict=masks, **kw)
+    for site, mask in masks.items():
+        m = fitted.maps_[site]
+        assert torch.equal(m.weight[~mask], torch.ones_like(m.weight[~mask])) and not m.bias[~mask].any()
+        moved = ((m.weight - 1).abs() > 1e-6) | (m.bias.abs() > 1e-6)
+        assert moved[mask].float().mean() > 0.9  # the masked heads do move
+    assert fitted.history_["loss"][-1] < fitted.history_["loss"][0]
+    # a mask of every coordinate is no restriction: the same maps as a plain fit
+    full = {s: torch.ones_like(m) for s, m in masks.items()}
+    plain = HookedSteerer(native_model, sites=list(masks)).fit(source, target, **kw)
+    everything = HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict=full, **kw)
+    assert all(torch.equal(plain.maps_[s].bias, everything.maps_[s].bias) for s in masks)
+    site = next(iter(masks))
+    with pytest.raises(SteeringInputError, match=r"boolean tensor of the site's feature shape"):
+        HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict={site: torch.ones(3, dtype=torch.bool)}, **kw)
+    with pytest.raises(SteeringInputError, match="which this fit does not steer"):
+        HookedSteerer(native_model, sites=[site]).fit(source, target, restrict=masks, **kw)

@@ -116,3 +116,17 @@ def test_iti_rejects_bad_arguments(gpt2_model, text_sets) -> None:
     assert len(tiny.history_["heads"]) == 1  # 2 + 2 prompts: one held out per class
 
 
+
+
+def test_head_masks_mark_exactly_the_given_heads(native_model) -> None:
+    from lineas_tl.methods.iti import head_masks, z_sites
+
+    n_heads, d_head = native_model.cfg.n_heads, native_model.cfg.d_head
+    masks = head_masks(native_model, [[2, 1], [0, n_heads - 1], [2, 0]])
+    assert list(masks) == z_sites(native_model, [0, 2])  # canonical names, one per block holding a head
+    expected = {0: {n_heads - 1}, 2: {0, 1}}
+    for (layer, wanted), mask in zip(expected.items(), masks.values()):
+        assert mask.shape == (n_heads, d_head) and mask.dtype == torch.bool
+        assert {h for h in range(n_heads) if mask[h].all()} == wanted and int(mask.sum()) == len(wanted) * d_head
+    with pytest.raises(ValueError, match=f"head {n_heads} of block 1 does not exist"):
+        head_masks(native_model, [[1, n_heads]])

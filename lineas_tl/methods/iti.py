@@ -77,6 +77,22 @@ def z_sites(model: Any, layers: Sequence[int] | None = None) -> list[str]:
     return resolve_sites(model, names)
 
 
+def head_masks(model: Any, heads: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Boolean ``(n_heads, d_head)`` masks of ``heads`` (``[layer, head]`` pairs, e.g. an ITI-c
+    steerer's ``history_["heads"]``), one per ``hook_z`` site holding one, keyed by canonical name:
+    ``fit(..., method="lineas", restrict=...)`` then moves only those heads (build the steerer with
+    ``sites=list(masks)``)."""
+    n_heads, d_head = int(model.cfg.n_heads), int(model.cfg.d_head)
+    layers = sorted({int(layer) for layer, _ in heads})
+    site_of = dict(zip(layers, z_sites(model, layers)))
+    masks = {site: torch.zeros(n_heads, d_head, dtype=torch.bool) for site in site_of.values()}
+    for layer, head in heads:
+        if not 0 <= int(head) < n_heads:
+            raise ValueError(f"head {head} of block {layer} does not exist: the model has {n_heads} heads per block")
+        masks[site_of[int(layer)]][int(head)] = True
+    return masks
+
+
 @register("iti")
 def fit_iti(
     ctx: FitContext,

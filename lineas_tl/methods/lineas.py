@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
-from lineas_tl.methods.lineas_params import _prox, _standardize  # noqa: F401 (_prox: benchmarks)
+from lineas_tl.methods.lineas_params import _prox, _standardize, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
@@ -86,6 +87,7 @@ def fit_lineas(
     gamma: float = 0.0,
     l1: float = 1.0,
     group: float = 1.0,
+    restrict: Mapping[str, Tensor] | None = None,
     loss_backend: Backend = "auto",
     checkpoint: bool = False,
     seed: int = 0,
@@ -148,6 +150,10 @@ def fit_lineas(
         gamma: sparsity strength of the proximal step (>= 0; 0 turns it off); with ``standardize``
             the penalty applies to the standardised shift.
         l1, group: relative weights of the L1 and the group (per-site L2) penalties.
+        restrict: ``{site: mask}``, boolean masks of the coordinates each map may move (the site's
+            feature shape, e.g. ``(n_heads, d_head)``); the map stays the identity elsewhere (a warm
+            start is reset there and every step is projected back). Other sites are not restricted.
+            :func:`lineas_tl.methods.iti.head_masks` builds masks from ITI-c's selected heads.
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
         checkpoint: recompute each block's activations in the backward pass instead of storing them
             (less memory, about one more forward pass of time); see :mod:`lineas_tl.checkpointing`.
@@ -205,10 +211,11 @@ def fit_lineas(
             maps, start = ctx.identity_maps("affine"), "identity"
     if cfg["standardize"]:
         _standardize(maps, target, cfg["standardize"])
+    project(maps, masks := resolve_restrict(ctx.model, maps, restrict))
     params = [p for m in maps.values() for p in m.parameters() if p.requires_grad]
     term = control_term(ctx, maps, bs, seed)  # fit(control=..., gate=...): see methods/control.py
     params += term.params if term is not None else []
-    opt = _optimizer(cfg["optimizer"], params, cfg["lr"])
+    opt = make_optimizer(cfg["optimizer"], params, cfg["lr"])
     sched = make_schedule(opt, cfg["schedule"], cfg["steps"])
     plateau = Plateau(tol, patience, reference=reference)
     converged = False
@@ -270,6 +277,7 @@ def fit_lineas(
             sched.step()
             if gamma > 0:
                 _prox(maps, lr_now * gamma * l1, lr_now * gamma * group)
+            project(maps, masks)
             history["loss"].append(value)
             history["lr"].append(lr_now)
             history["time"].append(time.perf_counter() - started)
@@ -359,16 +367,6 @@ def _presorted(target: dict[str, Tensor], bs: int, n_t: int, full: bool, backend
     if full or bs != n_t or backend not in ("auto", "sort"):
         return {}
     return {s: v.sort(dim=0).values for s, v in target.items()}
-
-
-def _optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9))
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.9))
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam', 'adamw' or 'sgd'")
 
 
 def _checkpointing(model: Any, on: bool) -> Any:

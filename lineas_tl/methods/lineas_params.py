@@ -1,4 +1,5 @@
-"""How LinEAS's optimiser sees the maps: standardised parametrisations and the proximal step.
+"""How LinEAS's optimiser sees the maps: the optimiser, standardised parametrisations, the proximal
+step, and the projection that keeps ``fit(..., restrict=...)``'s maps at the identity outside their masks.
 
 ``standardize=True`` lets the optimiser move ``beta`` with ``b = sigma * beta`` (sigma: the target's
 per-coordinate standard deviation); ``"both"`` also moves ``alpha`` with
@@ -8,6 +9,8 @@ parametrisations are removed once the fit ends.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -44,6 +47,17 @@ class _Offset(nn.Module):
 
     def right_inverse(self, omega: Tensor) -> Tensor:
         return (omega - 1) / self.scale
+
+
+def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """The fit's optimiser: Adam or AdamW with betas (0.9, 0.9), as the authors' code, or plain SGD."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.9))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.9))
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam', 'adamw' or 'sgd'")
 
 
 def _standardize(maps: dict[str, AffineMap], target: dict[str, Tensor], how: Any) -> None:
@@ -84,3 +98,46 @@ def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
         prox_sparse_group_lasso_many(groups + deltas, tau_l1, tau_group)
         if weights:
             torch._foreach_copy_(weights, torch._foreach_add(deltas, 1))
+
+
+def resolve_restrict(model: Any, maps: dict[str, AffineMap], restrict: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """Check ``fit(..., restrict=...)`` and key its masks by the fit's canonical site names.
+
+    Raises:
+        SteeringInputError: a mask for a site the fit does not steer, or whose size is not the site's
+            feature count, or that is not boolean.
+    """
+    from lineas_tl.sites import resolve_sites
+    from lineas_tl.validate import SteeringInputError
+
+    masks: dict[str, Tensor] = {}
+    for name, mask in (restrict or {}).items():
+        site = resolve_sites(model, name)[0] if name not in maps else name
+        if site not in maps:
+            raise SteeringInputError(
+                f"restrict names {name!r}, which this fit does not steer (its sites: {list(maps)}); "
+                "pass masks only for the steerer's sites, or add the site with HookedSteerer(model, sites=...)"
+            )
+        shape = maps[site].feature_shape
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.numel() != math.prod(shape):
+            got = f"a {mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise SteeringInputError(
+                f"restrict's mask for {name!r} is {got}; give a boolean tensor of the site's feature "
+                f"shape {shape} (True: a coordinate the map may move)"
+            )
+        masks[site] = mask.reshape(shape)
+    return masks
+
+
+def project(maps: dict[str, AffineMap], masks: dict[str, Tensor]) -> None:
+    """Set each masked map back to the identity outside its mask (``omega = 1``, ``b = 0``, or the
+    standardised deviations 0): the projection step of ``fit(..., restrict=...)``."""
+    with torch.no_grad():
+        for site, mask in masks.items():
+            m = maps[site]
+            for name, identity in (("weight", 1.0), ("bias", 0.0)):
+                if parametrize.is_parametrized(m, name):
+                    param, identity = getattr(m.parametrizations, name).original, 0.0
+                else:
+                    param = getattr(m, name)
+                param.masked_fill_(~mask.to(param.device).expand_as(param), identity)

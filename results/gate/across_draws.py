@@ -7,7 +7,9 @@ fit draw, which moves a cell by up to 0.08. This reads every seed's run and, per
 continuations' perplexity under the unsteered model within +10%, +25%, +50%, or any), the best
 score of each fit per seed, then the mean over seeds with a 95% Student-t interval over the seeds,
 and the same for the paired difference LinEAS minus ITI-c (negative: LinEAS lower), with the
-number of seeds at which LinEAS is the lower of the two.
+number of seeds at which LinEAS is the lower of the two. "LinEAS at ITI-c's heads" (stop 35) is
+LinEAS restricted to the 13 heads the same seed's ITI-c fit selects (`--sites iti_heads`: one map per
+`attn.hook_z` site holding one, `fit(..., restrict=head_masks(...))`), swept at 0.5-6.
 
     python results/gate/across_draws.py
 """
@@ -27,13 +29,15 @@ VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 FINE = "ITI-c, + 0.1-0.2"
+HEADS = "LinEAS at ITI-c's heads"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
+    HEADS: ("lineas+gate", ("iti_heads/seed0",), ("iti_heads/seed{seed}",)),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
-DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE))
+DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:

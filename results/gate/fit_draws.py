@@ -12,7 +12,9 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
   and 1's paired draws with `intense_target.py`'s emphatic target;
 - LinEAS with the sparse-group-lasso on (``gamma`` 0.001, 0.003 and 0.01 on seed 0's paired draw,
   0.001 also plain, on seeds 1-3's paired draws, on the emphatic target and on seed 0's 32
-  frames), and at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``).
+  frames), at ITI-c's sites (every block's ``attn.hook_z``, ``--sites heads``), and at the heads
+  the same seed's ITI-c fit selects (``--sites iti_heads``, stop 35; seeds 0-8 on sentiment, seed 0
+  on toxicity).
 
 Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
 with the continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
@@ -39,7 +41,8 @@ SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared h
                ("sparsity/gamma0.001/plain", "ln2, gamma 0.001", None),
                ("sparsity/gamma0.003/shared_hard", "ln2, gamma 0.003", "shared hard gate"),
                ("sparsity/gamma0.01/shared_hard", "ln2, gamma 0.01", "shared hard gate"),
-               ("heads/shared_hard", "heads", "shared hard gate"))
+               ("heads/shared_hard", "heads", "shared hard gate"),
+               ("iti_heads/seed0", "ITI-c's heads", "shared hard gate"))  # stop 35: fit(restrict=head_masks(...))
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
@@ -50,10 +53,11 @@ FITS = {  # (concept, fit) -> the runs read
     ("sentiment", "seed 1, 32 frames"): _runs(("varied_frames/seed1", "ln2", None)),
     ("toxicity", "seed 0, paired draw"): PAIRED,
     ("sentiment", "seed 0, paired draw"): PAIRED,
-    ("toxicity", "seed 0, paired draw, LinEAS sparse"): PAIRED + SPARSE,
+    ("toxicity", "seed 0, paired draw, LinEAS sparse or at ITI-c's heads"): PAIRED + SPARSE,
     ("sentiment", "seed 0, paired draw, LinEAS sparse or at the heads"): PAIRED + SPARSE,
-    **{("sentiment", f"seed {seed}, paired draw, gated LinEAS (dense, and sparse where run) and ITI-c"): _runs(
-        (f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"), (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"))
+    **{("sentiment", f"seed {seed}, paired draw, gated LinEAS (dense, sparse and at ITI-c's heads where run) and ITI-c"): _runs(
+        (f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"), (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"),
+        (f"iti_heads/seed{seed}", "ITI-c's heads", "shared hard gate"))
        for seed in range(1, 10)},  # a seed not run is skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))

@@ -112,6 +112,15 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     for name in names if lineas else ():  # LinEAS's own settings, gated or not (e.g. its preset)
         if base_method(name) == "lineas":
             kwargs.setdefault(name, {}).update(lineas)
+    heads = None
+    if sites == "iti_heads":  # LinEAS moving only the heads an ITI-c fit on these prompts (and seed) selects
+        from lineas_tl import HookedSteerer
+        from lineas_tl.methods.iti import head_masks
+
+        heads = HookedSteerer(model, pooling=pooling).fit(src, tgt, method="iti", seed=seed, progress=False).history_["heads"]
+        sites = list(masks := head_masks(model, heads))
+        for name in (n for n in names if base_method(n) == "lineas"):
+            kwargs.setdefault(name, {})["restrict"] = masks
     table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, pooling=pooling, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
@@ -129,7 +138,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
         "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling,
         "fit_pools": fit_pools and str(fit_pools), "paired": paired, "support_mean_over_sites": support,
-        "fit_source": src, "fit_target": tgt}, indent=1, default=str))
+        "iti_heads": heads, "fit_source": src, "fit_target": tgt}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -168,7 +177,8 @@ def main() -> None:
     ap.add_argument("--two-stage", action="store_true", help="gated LinEAS in two stages (gate={'end_to_end': False})")
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
     ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
-                    "(default: the library's; 'outputs' before stop 28), or 'heads': every block's attn.hook_z")
+                    "(default: the library's; 'outputs' before stop 28), 'heads': every block's attn.hook_z, or 'iti_heads': "
+                    "LinEAS moving only the heads an ITI-c fit on the same prompts selects (fit(..., restrict=head_masks(...)))")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
