@@ -37,7 +37,7 @@ FITS = {  # label -> (method row, folders for seed 0, folder templates for seed 
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
-DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE))
+DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:
