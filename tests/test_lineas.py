@@ -257,6 +257,7 @@ def test_restrict_keeps_the_maps_at_the_identity_outside_their_masks(native_mode
     plain = HookedSteerer(native_model, sites=list(masks)).fit(source, target, **kw)
     everything = HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict=full, **kw)
     assert all(torch.equal(plain.maps_[s].bias, everything.maps_[s].bias) for s in masks)
+    assert all(torch.equal(plain.maps_[s].weight, everything.maps_[s].weight) for s in masks)
     site = next(iter(masks))
     with pytest.raises(SteeringInputError, match=r"boolean tensor of the site's feature shape"):
         HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict={site: torch.ones(3, dtype=torch.bool)}, **kw)

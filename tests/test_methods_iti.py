@@ -116,8 +116,6 @@ def test_iti_rejects_bad_arguments(gpt2_model, text_sets) -> None:
     assert len(tiny.history_["heads"]) == 1  # 2 + 2 prompts: one held out per class
 
 
-
-
 def test_head_masks_mark_exactly_the_given_heads(native_model) -> None:
     from lineas_tl.methods.iti import head_masks, z_sites
 
@@ -125,8 +123,21 @@ def test_head_masks_mark_exactly_the_given_heads(native_model) -> None:
     masks = head_masks(native_model, [[2, 1], [0, n_heads - 1], [2, 0]])
     assert list(masks) == z_sites(native_model, [0, 2])  # canonical names, one per block holding a head
     expected = {0: {n_heads - 1}, 2: {0, 1}}
-    for (layer, wanted), mask in zip(expected.items(), masks.values()):
+    for wanted, mask in zip(expected.values(), masks.values()):
         assert mask.shape == (n_heads, d_head) and mask.dtype == torch.bool
         assert {h for h in range(n_heads) if mask[h].all()} == wanted and int(mask.sum()) == len(wanted) * d_head
     with pytest.raises(ValueError, match=f"head {n_heads} of block 1 does not exist"):
         head_masks(native_model, [[1, n_heads]])
+
+
+def test_iti_at_given_heads_shifts_those_with_the_top_k_fits_probes(gpt2_model, text_sets) -> None:
+    source, target = fit_sets(text_sets)
+    top = HookedSteerer(gpt2_model).fit(source, target, method="iti", k=12, progress=False)
+    ranked = top.history_["heads"]
+    given = HookedSteerer(gpt2_model).fit(source, target, method="iti", heads=ranked[-2:], progress=False)
+    assert given.history_["heads"] == ranked[-2:] and given.history_["k"] == 2
+    for layer, head in ranked[-2:]:  # the same probe, the same shift as in the top-12 fit
+        site = next(s for s in given.maps_ if s.startswith(f"blocks.{layer}."))
+        assert torch.equal(given.maps_[site].bias[head], top.maps_[site].bias[head])
+    with pytest.raises(ValueError, match="names no head or one ITI did not probe"):
+        HookedSteerer(gpt2_model).fit(source, target, method="iti", heads=[[0, 99]], progress=False)

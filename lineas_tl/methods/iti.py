@@ -103,6 +103,7 @@ def fit_iti(
     layers: Sequence[int] | None = None,
     C: float = 1.0,
     seed: int = 0,
+    heads: Sequence[Sequence[int]] | None = None,
 ) -> FitResult:
     r"""Probe every head, keep the top ``k`` by held-out accuracy, shift them along their probe.
 
@@ -114,6 +115,8 @@ def fit_iti(
         layers: blocks whose heads are probed (default: all).
         C: inverse L2 regularisation of scikit-learn's ``LogisticRegression``.
         seed: seeds the stratified train/validation split.
+        heads: shift these ``[layer, head]`` pairs instead of the top ``k`` (e.g. heads ranked
+            another way); their probes are fitted as usual. ``k`` is then ignored.
 
     Returns:
         one ``kind="shift"`` map (features ``(n_heads, d_head)``) per ``hook_z`` site holding a
@@ -177,6 +180,12 @@ def fit_iti(
         raise ValueError("no head's activations differ between the prompt sets; nothing to steer")
     scores.sort(key=lambda s: (-s[0], -s[1], s[2], s[3]))
     chosen = [(li, h) for _, _, li, h in scores[:k]]
+    if heads is not None:
+        position = {block_index(s): li for li, s in enumerate(sites)}
+        chosen = [(position.get(int(layer), -1), int(h)) for layer, h in heads]
+        if not heads or any((li, h) not in directions for li, h in chosen):
+            raise ValueError(f"heads={list(heads)} names no head or one ITI did not probe or cannot steer (a head of a "
+                             f"block outside `layers`, a head past {n_heads - 1}, or one whose probe is flat)")  # fmt: skip
 
     maps: dict[str, AffineMap] = {}
     for li, h in chosen:

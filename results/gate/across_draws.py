@@ -9,7 +9,10 @@ score of each fit per seed, then the mean over seeds with a 95% Student-t interv
 and the same for the paired difference LinEAS minus ITI-c (negative: LinEAS lower), with the
 number of seeds at which LinEAS is the lower of the two. "LinEAS at ITI-c's heads" (stop 35) is
 LinEAS restricted to the 13 heads the same seed's ITI-c fit selects (`--sites iti_heads`: one map per
-`attn.hook_z` site holding one, `fit(..., restrict=head_masks(...))`), swept at 0.5-6.
+`attn.hook_z` site holding one, `fit(..., restrict=head_masks(...))`), swept at 0.5-6; the next row
+restricts it to the heads best over five probe splits (`--sites iti_heads_cv`, `head_choice.py`), and
+"ITI-c at the heads best over five probe splits" shifts those heads with ITI-c (`fit(..., heads=...)`),
+swept at 0.1-2.
 
     python results/gate/across_draws.py
 """
@@ -30,14 +33,19 @@ first is "any reference budget"; the others hold the reference within +10% as `F
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
+HEADS_CV = "LinEAS at the heads best over five probe splits"
+ITI_CV = "ITI-c at the heads best over five probe splits"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ("iti_heads/seed{seed}",)),
+    HEADS_CV: ("lineas+gate", ("iti_heads_cv/seed0",), ("iti_heads_cv/seed{seed}",)),
+    ITI_CV: ("iti+gate", ("iti_heads_cv/iti/seed0",), ("iti_heads_cv/iti/seed{seed}",)),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
-DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"))
+DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
+               (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:

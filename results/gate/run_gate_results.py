@@ -113,14 +113,16 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         if base_method(name) == "lineas":
             kwargs.setdefault(name, {}).update(lineas)
     heads = None
-    if sites == "iti_heads":  # LinEAS moving only the heads an ITI-c fit on these prompts (and seed) selects
-        from lineas_tl import HookedSteerer
+    if sites in ("iti_heads", "iti_heads_cv"):  # LinEAS moving only ITI-c's heads (head_choice.py)
+        from head_choice import probe_heads
+
         from lineas_tl.methods.iti import head_masks
 
-        heads = HookedSteerer(model, pooling=pooling).fit(src, tgt, method="iti", seed=seed, progress=False).history_["heads"]
+        heads = probe_heads(model, src, tgt, pooling, seed, splits=5 if sites == "iti_heads_cv" else 1)
         sites = list(masks := head_masks(model, heads))
-        for name in (n for n in names if base_method(n) == "lineas"):
-            kwargs.setdefault(name, {})["restrict"] = masks
+        for name in names:  # LinEAS restricted to those heads; ITI-c shifting them (its own choice for iti_heads)
+            if base_method(name) in ("lineas", "iti"):
+                kwargs.setdefault(name, {}).update({"restrict": masks} if base_method(name) == "lineas" else {"heads": heads})
     table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, pooling=pooling, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
@@ -178,7 +180,8 @@ def main() -> None:
     ap.add_argument("--gate", type=json.loads, default=None, help='gate options for every gated method, e.g. \'{"shared": true, "hard": true}\'')
     ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
                     "(default: the library's; 'outputs' before stop 28), 'heads': every block's attn.hook_z, or 'iti_heads': "
-                    "LinEAS moving only the heads an ITI-c fit on the same prompts selects (fit(..., restrict=head_masks(...)))")
+                    "LinEAS moving only the heads an ITI-c fit on the same prompts selects (fit(..., restrict=head_masks(...))), "
+                    "or 'iti_heads_cv': the heads best over five probe splits (head_choice.py)")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")

@@ -1,0 +1,28 @@
+"""Which heads `run_gate_results.py --sites iti_heads` / `iti_heads_cv` restricts LinEAS to.
+
+``iti_heads``: the heads the compared ITI-c selects (one probe split, seeded as ``compare`` seeds
+it). ``iti_heads_cv`` (stop 35): ITI-c refitted on five probe splits of the same prompts (seeds S,
+S+1000, ..., S+4000), the heads ranked by their probes' mean held-out accuracy over the five, the
+same count kept. One 4:1 split scores each probe on about 13 prompts, so accuracies tie and the
+choice moves with the split (`iti_head_overlap.md`); the mean over five splits is a steadier ranking.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lineas_tl import HookedSteerer
+
+
+def probe_heads(model: Any, source: list[str], target: list[str], pooling: str, seed: int, splits: int = 1) -> list[list[int]]:
+    """``[layer, head]`` pairs: ITI-c's own choice (``splits=1``) or the best by mean held-out
+    accuracy over ``splits`` probe splits."""
+    fits = [HookedSteerer(model, pooling=pooling).fit(source, target, method="iti", seed=seed + 1000 * i, progress=False).history_
+            for i in range(splits)]  # fmt: skip
+    if splits == 1:
+        return fits[0]["heads"]
+    accuracy = np.mean([np.asarray(h["val_accuracy"]) for h in fits], axis=0)  # [n_layers, n_heads]
+    best = np.argsort(-accuracy, axis=None, kind="stable")[: fits[0]["k"]]
+    return [[int(i) // accuracy.shape[1], int(i) % accuracy.shape[1]] for i in best]
