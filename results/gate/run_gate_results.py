@@ -24,6 +24,9 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
         --strengths 0.25 0.5 0.8 1 1.5 2 3 --out results/gate/plain_default_48 --threads 1   # and ungated
     python results/gate/run_gate_results.py --concepts toxicity --plain-only --methods lineas iti --n-eval 48 \
         --n-in-sample 32 --strengths 0.5 1 1.5 --out results/gate/in_sample_48 --threads 1    # in sample and held out
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
+        --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' \
+        --sites iti_heads --out results/gate/iti_heads/seed0 --threads 1   # LinEAS at ITI-c's heads (stop 35)
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
