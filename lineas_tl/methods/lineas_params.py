@@ -125,7 +125,7 @@ def resolve_restrict(model: Any, maps: dict[str, AffineMap], restrict: Mapping[s
                 f"restrict's mask for {name!r} is {got}; give a boolean tensor of the site's feature "
                 f"shape {shape} (True: a coordinate the map may move)"
             )
-        masks[site] = mask.reshape(shape)
+        masks[site] = mask.reshape(shape).to(maps[site].bias.device)  # once, not every projection step
     return masks
 
 
@@ -140,4 +140,4 @@ def project(maps: dict[str, AffineMap], masks: dict[str, Tensor]) -> None:
                     param, identity = getattr(m.parametrizations, name).original, 0.0
                 else:
                     param = getattr(m, name)
-                param.masked_fill_(~mask.to(param.device).expand_as(param), identity)
+                param.masked_fill_(~mask.expand_as(param), identity)

@@ -10,9 +10,8 @@ with seed S (as `compare(..., seed=S)` does) and with seed 0, and counts the hea
 
 from __future__ import annotations
 
+from head_choice import probe_heads
 from run_gate_results import HERE, protocol, script_setup
-
-from lineas_tl import HookedSteerer
 
 
 def main() -> None:
@@ -22,8 +21,7 @@ def main() -> None:
              "| prompts of seed | heads chosen with both splits (S and 0) |", "|---|---|"]  # fmt: skip
     for seed in range(1, 9):
         _, src, tgt, _, _ = protocol("sentiment", seed=seed, paired=True)
-        heads = [{tuple(h) for h in HookedSteerer(model).fit(src, tgt, method="iti", seed=s, progress=False).history_["heads"]}
-                 for s in (seed, 0)]  # fmt: skip
+        heads = [{tuple(h) for h in probe_heads(model, src, tgt, "mean", s)} for s in (seed, 0)]
         lines.append(f"| {seed} | {len(heads[0] & heads[1])} |")
         print(lines[-1], flush=True)
     (HERE / "iti_head_overlap.md").write_text("\n".join(lines) + "\n")

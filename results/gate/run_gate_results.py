@@ -124,8 +124,10 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         heads = probe_heads(model, src, tgt, pooling, seed, splits=5 if sites == "iti_heads_cv" else 1)
         sites = list(masks := head_masks(model, heads))
         for name in names:  # LinEAS restricted to those heads; ITI-c shifting them (its own choice for iti_heads)
-            if base_method(name) in ("lineas", "iti"):
-                kwargs.setdefault(name, {}).update({"restrict": masks} if base_method(name) == "lineas" else {"heads": heads})
+            if base_method(name) == "lineas":
+                kwargs.setdefault(name, {})["restrict"] = masks
+            elif base_method(name) == "iti":
+                kwargs.setdefault(name, {})["heads"] = heads
     table = compare(model, src, tgt, names, method_kwargs=kwargs, control=control, sites=sites, pooling=pooling, **common)
     settings, histories = table.attrs["protocol"], table.attrs["histories"]
     out = out_root / concept_name
