@@ -161,6 +161,7 @@ def test_paper_preset_off_the_paper_sites_warns(llama_model, text_sets):
         ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"tol": 0.0}, "tol"), ({"tol": -1e-3}, "tol"),
         ({"patience": 0}, "patience"), ({"gamma": -0.1}, "gamma"), ({"gamma": float("nan")}, "gamma"),
         ({"l1": -1.0}, "l1"), ({"batch_size": 0}, "batch_size"), ({"warmup": -1}, "warmup"),
+        ({"group_by": "layer"}, "group_by"),
     ],
 )  # fmt: skip
 def test_bad_hyper_parameters_are_refused_with_the_fix(native_model, kwargs, name):
@@ -263,3 +264,45 @@ def test_restrict_keeps_the_maps_at_the_identity_outside_their_masks(native_mode
         HookedSteerer(native_model, sites=list(masks)).fit(source, target, restrict={site: torch.ones(3, dtype=torch.bool)}, **kw)
     with pytest.raises(SteeringInputError, match="which this fit does not steer"):
         HookedSteerer(native_model, sites=[site]).fit(source, target, restrict=masks, **kw)
+
+
+def test_head_groups_prox_shrinks_each_head_by_its_own_norm():
+    from lineas_tl.maps import AffineMap
+    from lineas_tl.methods.lineas_params import _prox, group_norms
+
+    def two_heads() -> dict:
+        m = AffineMap((2, 2))
+        with torch.no_grad():
+            m.bias.copy_(torch.tensor([[3.0, 4.0], [0.3, 0.4]]))  # head norms 5 and 0.5
+        return {"blocks.0.attn.hook_z": m}
+
+    by_head, by_site = two_heads(), two_heads()
+    assert group_norms(by_head, by_head=True)["blocks.0.attn.hook_z"] == pytest.approx([5.0, 0.5])
+    # radius tau * sqrt(2) = 1: head 0 scaled by 1 - 1/5, head 1 (norm 0.5) switched off
+    _prox(by_head, 0.0, 2**-0.5, by_head=True)
+    assert torch.allclose(by_head["blocks.0.attn.hook_z"].bias, torch.tensor([[2.4, 3.2], [0.0, 0.0]]))
+    # one group for the site: radius tau * sqrt(4) = sqrt(2) on the norm sqrt(25.25); both heads survive
+    _prox(by_site, 0.0, 2**-0.5, by_head=False)
+    scale = 1 - 2**0.5 / 25.25**0.5
+    assert torch.allclose(by_site["blocks.0.attn.hook_z"].bias, scale * torch.tensor([[3.0, 4.0], [0.3, 0.4]]))
+    assert torch.equal(by_head["blocks.0.attn.hook_z"].weight, torch.ones(2, 2))  # omega = 1: no deviation to shrink
+
+
+def test_group_by_head_switches_whole_heads_off(native_model):
+    source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
+    plant_embedding_shift(native_model, 1)
+    sites = [f"blocks.{layer}.attn.hook_z" for layer in range(native_model.cfg.n_layers)]
+    kw = dict(steps=30, lr=1e-2, progress=False, warn=False, l1=0.0)
+    sparse = HookedSteerer(native_model, sites=sites).fit(source, target, gamma=10.0, group_by="head", **kw)
+    norms = sparse.history_["group_norms"]
+    off = on = 0
+    for site, m in sparse.maps_.items():
+        moved = ((m.weight - 1).abs() > 0) | (m.bias != 0)  # [n_heads, d_head]
+        per_head = moved.any(dim=1)
+        assert torch.equal(per_head, moved.all(dim=1))  # a head moves entirely or not at all
+        assert len(norms[site]) == native_model.cfg.n_heads
+        assert [n > 0 for n in norms[site]] == per_head.tolist()
+        off, on = off + int((~per_head).sum()), on + int(per_head.sum())
+    assert off > 0 and on > 0
+    dense = HookedSteerer(native_model, sites=sites).fit(source, target, **kw)
+    assert all(len(v) == 1 for v in dense.history_["group_norms"].values())  # one norm per site by default

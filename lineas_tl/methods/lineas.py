@@ -60,7 +60,7 @@ from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
-from lineas_tl.methods.lineas_params import _prox, _standardize, make_optimizer, project, resolve_restrict
+from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
@@ -87,6 +87,7 @@ def fit_lineas(
     gamma: float = 0.0,
     l1: float = 1.0,
     group: float = 1.0,
+    group_by: str = "site",
     restrict: Mapping[str, Tensor] | None = None,
     loss_backend: Backend = "auto",
     checkpoint: bool = False,
@@ -150,6 +151,9 @@ def fit_lineas(
         gamma: sparsity strength of the proximal step (>= 0; 0 turns it off); with ``standardize``
             the penalty applies to the standardised shift.
         l1, group: relative weights of the L1 and the group (per-site L2) penalties.
+        group_by: the group lasso's groups: ``"site"`` (the paper's: each site's scale, and its
+            shift) or ``"head"`` (each head's, at sites of features ``(n_heads, d_head)`` such as
+            ``attn.hook_z``); ``history_["group_norms"]`` holds each group's final norm, per head.
         restrict: ``{site: mask}``, boolean masks of the coordinates each map may move (the site's
             feature shape, e.g. ``(n_heads, d_head)``); the map stays the identity elsewhere (a warm
             start is reset there and every step is projected back). Other sites are not restricted.
@@ -184,7 +188,7 @@ def fit_lineas(
         "warmup": warmup, "optimizer": optimizer, "batch_size": batch_size,
     }  # fmt: skip
     cfg.update({k: v for k, v in given.items() if v is not None})
-    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every)
+    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every, group_by=group_by)
     check_prompts(ctx.source, "source", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     check_prompts(ctx.target, "target", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     n_s, n_t = len(ctx.source), len(ctx.target)
@@ -276,7 +280,7 @@ def fit_lineas(
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
             if gamma > 0:
-                _prox(maps, lr_now * gamma * l1, lr_now * gamma * group)
+                _prox(maps, lr_now * gamma * l1, lr_now * gamma * group, by_head=group_by == "head")
             project(maps, masks)
             history["loss"].append(value)
             history["lr"].append(lr_now)
@@ -294,6 +298,7 @@ def fit_lineas(
         with torch.no_grad():
             for p, saved in zip(params, best[1]):
                 p.copy_(saved)
+    history["group_norms"] = group_norms(maps, by_head=group_by == "head")
     for m in maps.values():
         for name in ("bias", "weight"):
             if parametrize.is_parametrized(m, name):

@@ -78,11 +78,13 @@ def _standardize(maps: dict[str, AffineMap], target: dict[str, Tensor], how: Any
             parametrize.register_parametrization(m, "weight", _Offset(ratio))
 
 
-def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
+def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float, by_head: bool = False) -> None:
     """Sparse-group-lasso proximal step on each map's deviation from the identity.
 
-    With a standardised map the step applies to the optimised parameters (the deviations in target
-    standard deviations), so the penalty does not favour low-variance coordinates.
+    Each site's scale and shift are each a group; with ``by_head`` a site of features
+    ``(n_heads, d_head)`` has one group per head instead. With a standardised map the step applies to
+    the optimised parameters (the deviations in target standard deviations), so the penalty does not
+    favour low-variance coordinates.
     """
     with torch.no_grad():  # every group at once, in a few multi-tensor kernels (same arithmetic)
         groups, weights = [], []
@@ -95,9 +97,33 @@ def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float) -> None:
                 else:
                     groups.append(m.bias)
         deltas = list(torch._foreach_sub(weights, 1)) if weights else []
-        prox_sparse_group_lasso_many(groups + deltas, tau_l1, tau_group)
+        prox_sparse_group_lasso_many(_split_heads(groups + deltas, by_head), tau_l1, tau_group)
         if weights:
             torch._foreach_copy_(weights, torch._foreach_add(deltas, 1))
+
+
+def _split_heads(groups: list[Tensor], by_head: bool) -> list[Tensor]:
+    """Each 2-D group as one view per row (a head's, at ``(n_heads, d_head)`` sites) when ``by_head``;
+    in-place updates of the views reach the whole."""
+    return [part for g in groups for part in ([g[i] for i in range(len(g))] if by_head and g.dim() == 2 else [g])]
+
+
+def group_norms(maps: dict[str, AffineMap], by_head: bool = False) -> dict[str, list[float]]:
+    """The norm of each site's deviation from the identity in the units the proximal step sees (per
+    head with ``by_head`` at ``(n_heads, d_head)`` sites: ``sqrt(|scale_h|^2 + |shift_h|^2)``); call
+    before the standardising parametrisations are removed."""
+    norms: dict[str, list[float]] = {}
+    for site, m in maps.items():
+        parts = []
+        for name in ("weight", "bias"):
+            if parametrize.is_parametrized(m, name):
+                parts.append(getattr(m.parametrizations, name).original.detach())
+            else:
+                parts.append(m.weight.detach() - 1 if name == "weight" else m.bias.detach())
+        per_head = by_head and parts[0].dim() == 2
+        squares = sum(p.pow(2).sum(dim=-1) if per_head else p.pow(2).sum().reshape(1) for p in parts)
+        norms[site] = squares.sqrt().tolist()
+    return norms
 
 
 def resolve_restrict(model: Any, maps: dict[str, AffineMap], restrict: Mapping[str, Tensor] | None) -> dict[str, Tensor]:

@@ -114,7 +114,7 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
     """Refuse LinEAS hyper-parameters out of range before any forward pass.
 
     ``cfg``: the resolved preset settings (``steps``, ``lr``, ``warmup``, ``batch_size``); ``extra``:
-    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``.
+    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``, ``group_by``.
 
     Raises:
         SteeringInputError: naming the argument, what was wrong and what to pass instead.
@@ -143,6 +143,8 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
         "batch_size": {"integer": True, "minimum": 1},
         "log_every": {"integer": True, "minimum": 1},
     }
+    if extra.get("group_by", "site") not in ("site", "head"):
+        raise SteeringInputError(f"group_by must be 'site' or 'head', not {extra['group_by']!r}: pass 'site' (the paper's) or 'head'")
     values = {**{k: cfg.get(k) for k in ("lr", "steps", "warmup", "batch_size")}, **extra}
     for name, rule in rules.items():
         value = values.get(name)

@@ -12,7 +12,8 @@ LinEAS restricted to the 13 heads the same seed's ITI-c fit selects (`--sites it
 `attn.hook_z` site holding one, `fit(..., restrict=head_masks(...))`), swept at 0.5-6; the next row
 restricts it to the heads best over five probe splits (`--sites iti_heads_cv`, `head_choice.py`), and
 "ITI-c at the heads best over five probe splits" shifts those heads with ITI-c (`fit(..., heads=...)`),
-swept at 0.1-2.
+swept at 0.1-2. "LinEAS at its own heads" (stop 36, `--sites lineas_heads`) is restricted to the (at
+most 13) heads a head-grouped sparse LinEAS fit on the same prompts moves most (`head_choice.py`).
 
     python results/gate/across_draws.py
 """
@@ -35,17 +36,19 @@ FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
 ITI_CV = "ITI-c at the heads best over five probe splits"
+OWN = "LinEAS at its own heads"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ("iti_heads/seed{seed}",)),
     HEADS_CV: ("lineas+gate", ("iti_heads_cv/seed0",), ("iti_heads_cv/seed{seed}",)),
     ITI_CV: ("iti+gate", ("iti_heads_cv/iti/seed0",), ("iti_heads_cv/iti/seed{seed}",)),
+    OWN: ("lineas+gate", ("lineas_heads/seed0",), ("lineas_heads/seed{seed}",)),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
 DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
-               (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE))
+               (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:

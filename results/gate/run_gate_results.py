@@ -27,6 +27,9 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
         --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' \
         --sites iti_heads --out results/gate/iti_heads/seed0 --threads 1   # LinEAS at ITI-c's heads (stop 35)
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
+        --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' \
+        --sites lineas_heads --out results/gate/lineas_heads/seed0 --threads 1   # LinEAS at its own heads (stop 36)
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -115,13 +118,17 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
     for name in names if lineas else ():  # LinEAS's own settings, gated or not (e.g. its preset)
         if base_method(name) == "lineas":
             kwargs.setdefault(name, {}).update(lineas)
-    heads = None
-    if sites in ("iti_heads", "iti_heads_cv"):  # LinEAS moving only ITI-c's heads (head_choice.py)
-        from head_choice import probe_heads
+    heads, selection = None, None
+    if sites in ("iti_heads", "iti_heads_cv", "lineas_heads"):  # LinEAS moving only chosen heads (head_choice.py)
+        from head_choice import lineas_heads, probe_heads
 
         from lineas_tl.methods.iti import head_masks
 
-        heads = probe_heads(model, src, tgt, pooling, seed, splits=5 if sites == "iti_heads_cv" else 1)
+        if sites == "lineas_heads":
+            heads, history = lineas_heads(model, src, tgt, pooling, seed)
+            selection = {k: history[k] for k in ("steps", "stop_reason", "identity_loss", "final_loss", "seconds", "group_norms")}
+        else:
+            heads = probe_heads(model, src, tgt, pooling, seed, splits=5 if sites == "iti_heads_cv" else 1)
         sites = list(masks := head_masks(model, heads))
         for name in names:  # LinEAS restricted to those heads; ITI-c shifting them (its own choice for iti_heads)
             if base_method(name) == "lineas":
@@ -145,7 +152,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         "gate_active_sites": gate_acc, "gated_only": gated_only, "two_stage_lineas": two_stage,
         "gate_options": gate, "sites": sites, "lineas_options": lineas, "n_eval": n_eval, "plain_only": plain_only, "n_in_sample": n_in_sample, "pooling": pooling,
         "fit_pools": fit_pools and str(fit_pools), "paired": paired, "support_mean_over_sites": support,
-        "iti_heads": heads, "fit_source": src, "fit_target": tgt}, indent=1, default=str))
+        "iti_heads": heads, "head_selection_fit": selection, "fit_source": src, "fit_target": tgt}, indent=1, default=str))
     print(concept_name, "\n", format_frontier(summary).to_string(index=False), flush=True)
 
 
@@ -186,7 +193,8 @@ def main() -> None:
     ap.add_argument("--sites", default=None, help="site preset for every method but ITI-c and ActAdd, e.g. 'paper' or 'outputs' "
                     "(default: the library's; 'outputs' before stop 28), 'heads': every block's attn.hook_z, or 'iti_heads': "
                     "LinEAS moving only the heads an ITI-c fit on the same prompts selects (fit(..., restrict=head_masks(...))), "
-                    "or 'iti_heads_cv': the heads best over five probe splits (head_choice.py)")
+                    "or 'iti_heads_cv': the heads best over five probe splits, or 'lineas_heads': the heads a head-grouped "
+                    "sparse LinEAS fit moves most (head_choice.py)")
     ap.add_argument("--lineas", type=json.loads, default=None, help='LinEAS fit options, e.g. \'{"preset": "paper"}\'')
     ap.add_argument("--n-eval", type=int, default=None, help="held-out prompts continued (default: the main job's 12)")
     ap.add_argument("--n-in-sample", type=int, default=0, help="source fit prompts continued for the in-sample columns")
