@@ -30,6 +30,10 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
     python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
         --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' \
         --sites lineas_heads --out results/gate/lineas_heads/seed0 --threads 1   # LinEAS at its own heads (stop 36)
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods iti --n-eval 48 \
+        --strengths 0.1 0.15 0.2 0.25 0.5 0.8 1 1.5 2 --paired --seed 0 --gate '{"shared": true, "hard": true}' --sites lineas_heads \
+        --heads-from results/gate/lineas_heads/seed0/sentiment/protocol.json --out results/gate/lineas_heads/iti/seed0 --threads 1
+                                                                          # ITI-c at LinEAS's heads
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
@@ -94,7 +98,7 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
         gated_only: bool = False, strengths: tuple[float, ...] | None = None, two_stage: bool = False,
         gate: dict[str, Any] | None = None, sites: str | None = None, lineas: dict[str, Any] | None = None,
         n_eval: int | None = None, plain_only: bool = False, n_in_sample: int = 0, pooling: str = "mean",
-        fit_pools: Path | None = None, paired: bool = False) -> None:  # fmt: skip
+        fit_pools: Path | None = None, paired: bool = False, heads_from: Path | None = None) -> None:  # fmt: skip
     import time
 
     from lineas_tl import models
@@ -124,7 +128,10 @@ def run(concept_name: str, quick: bool, out_root: Path, seed: int = 0, methods: 
 
         from lineas_tl.methods.iti import head_masks
 
-        if sites == "lineas_heads":
+        if sites == "lineas_heads" and heads_from is not None:  # the heads (and selection) of an earlier run on the same draw
+            earlier = json.loads(heads_from.read_text())
+            heads, selection = earlier["iti_heads"], earlier["head_selection_fit"]
+        elif sites == "lineas_heads":
             heads, history = lineas_heads(model, src, tgt, pooling, seed)
             selection = {k: history[k] for k in ("steps", "stop_reason", "identity_loss", "final_loss", "seconds", "group_norms")}
         else:
@@ -202,6 +209,8 @@ def main() -> None:
     ap.add_argument("--fit-pools", type=Path, default=None,
                     help='JSON {"source": [...], "target": [...]}: draw the fit prompts from these pools instead of the concept\'s')
     ap.add_argument("--paired", action="store_true", help="draw the fit prompts in matched pairs (split(..., paired=True))")
+    ap.add_argument("--heads-from", type=Path, default=None, help="with --sites lineas_heads: reuse the heads of this earlier "
+                    "run's protocol.json (same concept, seed and draw) instead of fitting the selection again")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or (HERE / ("quick" if args.quick else "full"))
@@ -209,7 +218,7 @@ def main() -> None:
         run(name, args.quick, out, seed=args.seed, methods=tuple(args.methods), gated_only=args.gated_only,
             strengths=args.strengths and tuple(args.strengths), two_stage=args.two_stage, gate=args.gate,
             sites=args.sites, lineas=args.lineas, n_eval=args.n_eval, plain_only=args.plain_only, n_in_sample=args.n_in_sample, pooling=args.pooling,
-            fit_pools=args.fit_pools, paired=args.paired)
+            fit_pools=args.fit_pools, paired=args.paired, heads_from=args.heads_from)
 
 
 if __name__ == "__main__":
