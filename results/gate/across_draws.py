@@ -13,7 +13,8 @@ LinEAS restricted to the 13 heads the same seed's ITI-c fit selects (`--sites it
 restricts it to the heads best over five probe splits (`--sites iti_heads_cv`, `head_choice.py`), and
 "ITI-c at the heads best over five probe splits" shifts those heads with ITI-c (`fit(..., heads=...)`),
 swept at 0.1-2. "LinEAS at its own heads" (stop 36, `--sites lineas_heads`) is restricted to the (at
-most 13) heads a head-grouped sparse LinEAS fit on the same prompts moves most (`head_choice.py`).
+most 13) heads a head-grouped sparse LinEAS fit on the same prompts moves most (`head_choice.py`),
+and "ITI-c at LinEAS's heads" shifts those heads with ITI-c (`--heads-from`).
 
     python results/gate/across_draws.py
 """
@@ -37,6 +38,7 @@ HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
 ITI_CV = "ITI-c at the heads best over five probe splits"
 OWN = "LinEAS at its own heads"
+ITI_OWN = "ITI-c at LinEAS's heads"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
@@ -44,11 +46,13 @@ FITS = {  # label -> (method row, folders for seed 0, folder templates for seed 
     HEADS_CV: ("lineas+gate", ("iti_heads_cv/seed0",), ("iti_heads_cv/seed{seed}",)),
     ITI_CV: ("iti+gate", ("iti_heads_cv/iti/seed0",), ("iti_heads_cv/iti/seed{seed}",)),
     OWN: ("lineas+gate", ("lineas_heads/seed0",), ("lineas_heads/seed{seed}",)),
+    ITI_OWN: ("iti+gate", ("lineas_heads/iti/seed0",), ("lineas_heads/iti/seed{seed}",)),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
 DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
-               (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"))
+               (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"),
+               (OWN, ITI_OWN), (ITI_OWN, FINE))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:
@@ -104,11 +108,35 @@ def report(scores: pd.DataFrame) -> list[str]:
     return lines
 
 
+def head_overlap(max_seed: int = 9) -> list[str]:
+    """Per seed, how many of LinEAS's own heads (`lineas_heads/`) ITI-c also selects (`iti_heads/`),
+    and how many of each method's heads its seed-0 choice shares (another draw of the fit prompts)."""
+    import json
+
+    def heads(folder: str, seed: int) -> set[tuple[int, ...]] | None:
+        path = HERE / f"{folder}/seed{seed}" / CONCEPT / "protocol.json"
+        return {tuple(h) for h in json.loads(path.read_text())["iti_heads"]} if path.exists() else None
+
+    both, own, iti = [], [], []
+    for seed in range(max_seed + 1):
+        a, b = heads("lineas_heads", seed), heads("iti_heads", seed)
+        if a is not None and b is not None:
+            both.append(f"seed {seed}: {len(a & b)} of {len(a)}")
+        if seed and a is not None and b is not None:
+            own.append(f"seed {seed} {len(a & heads('lineas_heads', 0))}")
+            iti.append(f"{len(b & heads('iti_heads', 0))}")
+    if not both:
+        return []
+    return ["", "LinEAS's own heads that ITI-c also selects (both from `protocol.json`): " + ", ".join(both) + ".", "",
+            f"Heads shared with seed 0's choice (of 13): LinEAS's own at {', '.join(own)}; ITI-c's {', '.join(iti)}."]
+
+
 def main() -> None:
     lines = [f"# Gated LinEAS and gated ITI-c over paired fit draws ({CONCEPT})", "",
              "`python results/gate/across_draws.py` (its docstring says what it reads). Best held-out score (48 prompts x 2 samples; "
              "lower is better) of each fit with the shared hard gate, per seed and view; a view bounds the continuations' "
-             "perplexity under the unsteered model (the reference text's is within +25% on every gated row).", "", *report(best_scores())]  # fmt: skip
+             "perplexity under the unsteered model (the reference text's is within +25% on every gated row).", "", *report(best_scores()),
+             *head_overlap()]  # fmt: skip
     path = HERE / "paired" / "ACROSS_DRAWS.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
