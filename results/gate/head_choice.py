@@ -8,8 +8,8 @@ choice moves with the split (`iti_head_overlap.md`); the mean over five splits i
 ``lineas_heads`` (stop 36): LinEAS's own choice. One ungated LinEAS fit at every block's
 ``attn.hook_z`` with a group lasso whose groups are the heads (``group_by="head"``, ``l1=0``,
 ``gamma=1``), the heads ranked by their group's final norm, at most as many as ITI-c's kept (and
-only heads the penalty left on). On sentiment's seed-0 draw gamma 0.3 keeps all 270 heads (the top
-of the ranking is layer 0's), 1 keeps 122, 3 keeps one and 10 none.
+only heads the penalty left on). On sentiment's seed-0 draw gamma 0 and 0.3 keep all 270 heads (the
+top of their rankings holds layer 0's), 1 keeps 122, 3 keeps one and 10 none.
 """
 
 from __future__ import annotations
