@@ -90,8 +90,8 @@ def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float, by_head: 
         groups, weights = [], []
         for m in maps.values():
             for name in ("weight", "bias"):
-                if parametrize.is_parametrized(m, name):
-                    groups.append(getattr(m.parametrizations, name).original)
+                if (original := _optimised(m, name)) is not None:
+                    groups.append(original)
                 elif name == "weight":
                     weights.append(m.weight)
                 else:
@@ -100,6 +100,12 @@ def _prox(maps: dict[str, AffineMap], tau_l1: float, tau_group: float, by_head: 
         prox_sparse_group_lasso_many(_split_heads(groups + deltas, by_head), tau_l1, tau_group)
         if weights:
             torch._foreach_copy_(weights, torch._foreach_add(deltas, 1))
+
+
+def _optimised(m: AffineMap, name: str) -> Tensor | None:
+    """The tensor the optimiser moves for ``m.<name>`` when :func:`_standardize` reparametrised it
+    (its deviation from the identity in standardised units), else None."""
+    return getattr(m.parametrizations, name).original if parametrize.is_parametrized(m, name) else None
 
 
 def _split_heads(groups: list[Tensor], by_head: bool) -> list[Tensor]:
@@ -114,12 +120,8 @@ def group_norms(maps: dict[str, AffineMap], by_head: bool = False) -> dict[str, 
     before the standardising parametrisations are removed."""
     norms: dict[str, list[float]] = {}
     for site, m in maps.items():
-        parts = []
-        for name in ("weight", "bias"):
-            if parametrize.is_parametrized(m, name):
-                parts.append(getattr(m.parametrizations, name).original.detach())
-            else:
-                parts.append(m.weight.detach() - 1 if name == "weight" else m.bias.detach())
+        scale, shift = _optimised(m, "weight"), _optimised(m, "bias")
+        parts = [(m.weight - 1 if scale is None else scale).detach(), (m.bias if shift is None else shift).detach()]
         per_head = by_head and parts[0].dim() == 2
         squares = sum(p.pow(2).sum(dim=-1) if per_head else p.pow(2).sum().reshape(1) for p in parts)
         norms[site] = squares.sqrt().tolist()
@@ -162,8 +164,8 @@ def project(maps: dict[str, AffineMap], masks: dict[str, Tensor]) -> None:
         for site, mask in masks.items():
             m = maps[site]
             for name, identity in (("weight", 1.0), ("bias", 0.0)):
-                if parametrize.is_parametrized(m, name):
-                    param, identity = getattr(m.parametrizations, name).original, 0.0
+                if (original := _optimised(m, name)) is not None:
+                    param, identity = original, 0.0
                 else:
                     param = getattr(m, name)
                 param.masked_fill_(~mask.expand_as(param), identity)

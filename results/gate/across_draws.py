@@ -118,13 +118,15 @@ def head_overlap(max_seed: int = 9) -> list[str]:
         return {tuple(h) for h in json.loads(path.read_text())["iti_heads"]} if path.exists() else None
 
     both, own, iti = [], [], []
+    first = heads("lineas_heads", 0), heads("iti_heads", 0)  # seed 0's choices, read once
     for seed in range(max_seed + 1):
         a, b = heads("lineas_heads", seed), heads("iti_heads", seed)
-        if a is not None and b is not None:
-            both.append(f"seed {seed}: {len(a & b)} of {len(a)}")
-        if seed and a is not None and b is not None:
-            own.append(f"seed {seed} {len(a & heads('lineas_heads', 0))}")
-            iti.append(f"{len(b & heads('iti_heads', 0))}")
+        if a is None or b is None:
+            continue
+        both.append(f"seed {seed}: {len(a & b)} of {len(a)}")
+        if seed and None not in first:
+            own.append(f"seed {seed} {len(a & first[0])}")
+            iti.append(f"{len(b & first[1])}")
     if not both:
         return []
     return ["", "LinEAS's own heads that ITI-c also selects (both from `protocol.json`): " + ", ".join(both) + ".", "",

@@ -29,8 +29,7 @@ def probe_heads(model: Any, source: list[str], target: list[str], pooling: str, 
     if splits == 1:
         return fits[0]["heads"]
     accuracy = np.mean([np.asarray(h["val_accuracy"]) for h in fits], axis=0)  # [n_layers, n_heads]
-    best = np.argsort(-accuracy, axis=None, kind="stable")[: fits[0]["k"]]
-    return [[int(i) // accuracy.shape[1], int(i) % accuracy.shape[1]] for i in best]
+    return _top(accuracy, fits[0]["k"])
 
 
 def lineas_heads(model: Any, source: list[str], target: list[str], pooling: str, seed: int, k: int = 13,
@@ -42,5 +41,11 @@ def lineas_heads(model: Any, source: list[str], target: list[str], pooling: str,
     history = HookedSteerer(model, sites=sites, pooling=pooling).fit(
         source, target, method="lineas", gamma=gamma, l1=0.0, group_by="head", seed=seed, progress=False, warn=False).history_
     norms = np.asarray([history["group_norms"][site] for site in sites])  # [n_layers, n_heads]
-    best = [i for i in np.argsort(-norms, axis=None, kind="stable")[:k] if norms.flat[i] > 0]  # heads the fit kept
-    return [[int(i) // norms.shape[1], int(i) % norms.shape[1]] for i in best], history
+    return _top(norms, k, above=0.0), history  # only heads the fit kept
+
+
+def _top(values: np.ndarray, k: int, above: float = -np.inf) -> list[list[int]]:
+    """The ``[layer, head]`` pairs of the ``k`` largest ``values`` (``[n_layers, n_heads]``) that
+    exceed ``above``, largest first (ties: the earlier head)."""
+    best = [int(i) for i in np.argsort(-values, axis=None, kind="stable")[:k] if values.flat[i] > above]
+    return [[i // values.shape[1], i % values.shape[1]] for i in best]
