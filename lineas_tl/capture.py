@@ -44,7 +44,7 @@ WARMUP_STEPS = 3
 
 def why_not_captured(
     *, n_source: int, n_target: int, batch_size: int, pooling: str, backend: str, term: Any, checkpoint: bool,
-    all_targets: bool = False,
+    all_targets: bool = False, loss_on: str = "sites",
 ) -> str | None:  # fmt: skip
     """Why the step cannot be captured (None when it can)."""
     if batch_size != n_source or batch_size != n_target:
@@ -57,6 +57,8 @@ def why_not_captured(
         return "a gate or control term is fitted alongside"
     if checkpoint:
         return "activation checkpointing recomputes hooks in the backward pass"
+    if loss_on != "sites":
+        return f"loss_on={loss_on!r} reads only some coordinates (only the whole sites' loss is captured)"
     del all_targets  # with batch_size == n_target every target row is compared either way
     return None
 
@@ -152,11 +154,13 @@ def captured_step(
     term: Any = None,
     checkpoint: bool = False,
     all_targets: bool = False,
+    loss_on: str = "sites",
 ) -> CapturedStep | None:
     """The captured step of a LinEAS fit, or None (with a warning) where it cannot be captured."""
     reason = why_not_captured(
         n_source=len(ctx.source), n_target=len(ctx.target), batch_size=batch_size, pooling=ctx.pooling,
         backend=backend, term=term, checkpoint=checkpoint, all_targets=all_targets,
+        loss_on=loss_on,
     )  # fmt: skip
     if reason is not None:
         warnings.warn(f"compile=True: {reason}; the fit runs eagerly", RuntimeWarning, stacklevel=3)

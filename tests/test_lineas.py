@@ -266,6 +266,44 @@ def test_restrict_keeps_the_maps_at_the_identity_outside_their_masks(native_mode
         HookedSteerer(native_model, sites=[site]).fit(source, target, restrict=masks, **kw)
 
 
+def test_loss_on_restricted_reads_only_the_masked_coordinates(native_model):
+    from lineas_tl.losses import site_losses
+    from lineas_tl.methods.iti import head_masks
+    from lineas_tl.methods.lineas_loss import coordinate_reader
+    from lineas_tl.validate import SteeringInputError
+
+    # by hand: a (2 heads, 2 dims) site with head 1 masked reads columns 2 and 3 of the flat features
+    mask = torch.tensor([[False, False], [True, True]])
+    acts = {"a": torch.arange(8.0).reshape(2, 4), "b": torch.ones(2, 3)}
+    read = coordinate_reader({"a": mask}, "restricted")(acts)
+    assert torch.equal(read["a"], torch.tensor([[2.0, 3.0], [6.0, 7.0]])) and torch.equal(read["b"], acts["b"])
+    assert coordinate_reader({"a": mask}, "sites")(acts) is acts
+    with pytest.raises(SteeringInputError, match="no restrict masks were given: pass restrict="):
+        coordinate_reader({}, "restricted")
+
+    source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
+    plant_embedding_shift(native_model, 1)
+    masks = head_masks(native_model, [[0, 1], [2, 0]])
+    kw = dict(steps=20, lr=1e-2, progress=False, warn=False, restrict=masks)
+    sites = list(masks)
+    both = {o: HookedSteerer(native_model, sites=sites).fit(source, target, loss_on=o, **kw) for o in ("sites", "restricted")}
+    # the untouched model's loss, read at the two masked heads only, computed from the activations
+    steerer = both["restricted"]
+    pooled = {w: collect_activations(native_model, p, sites, progress=False) for w, p in (("s", source), ("t", target))}
+    heads = {s: {w: pooled[w][s].flatten(1)[:, masks[s].flatten()] for w in pooled} for s in sites}
+    by_hand = site_losses({s: h["s"] for s, h in heads.items()}, {s: h["t"] for s, h in heads.items()}).mean()
+    assert steerer.history_["identity_loss"] == pytest.approx(float(by_hand), rel=1e-4)
+    assert both["sites"].history_["identity_loss"] > steerer.history_["identity_loss"]  # the other heads' mismatch too
+    assert steerer.history_["loss"][-1] < steerer.history_["loss"][0]
+    assert not torch.equal(steerer.maps_[sites[0]].bias, both["sites"].maps_[sites[0]].bias)
+    for site, m in masks.items():  # still restricted
+        assert not steerer.maps_[site].bias[~m].any()
+    with pytest.raises(SteeringInputError, match="^loss_on must be 'sites' or 'restricted'"):
+        HookedSteerer(native_model, sites=sites).fit(source, target, loss_on="heads", **kw)
+    with pytest.warns(RuntimeWarning, match="loss_on='restricted' reads only some coordinates"):
+        HookedSteerer(native_model, sites=sites).fit(source, target, loss_on="restricted", compile=True, **dict(kw, steps=2))
+
+
 def test_head_groups_prox_shrinks_each_head_by_its_own_norm():
     from lineas_tl.maps import AffineMap
     from lineas_tl.methods.lineas_params import _prox, group_norms

@@ -55,10 +55,11 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from lineas_tl.collect import pooled_forward
-from lineas_tl.losses import Backend, global_loss, site_losses
+from lineas_tl.losses import Backend, site_losses
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
+from lineas_tl.methods.lineas_loss import coordinate_reader, loss_of, presorted as sorted_once
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
 from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
@@ -89,6 +90,7 @@ def fit_lineas(
     group: float = 1.0,
     group_by: str = "site",
     restrict: Mapping[str, Tensor] | None = None,
+    loss_on: str = "sites",
     loss_backend: Backend = "auto",
     checkpoint: bool = False,
     seed: int = 0,
@@ -158,6 +160,9 @@ def fit_lineas(
             feature shape, e.g. ``(n_heads, d_head)``); the map stays the identity elsewhere (a warm
             start is reset there and every step is projected back). Other sites are not restricted.
             :func:`lineas_tl.methods.iti.head_masks` builds masks from ITI-c's selected heads.
+        loss_on: which coordinates the transport loss compares: ``"sites"`` (the paper's: every
+            coordinate of every site) or ``"restricted"`` (at a site with a ``restrict`` mask only the
+            masked coordinates; not the paper's, see :mod:`lineas_tl.methods.lineas_loss`).
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
         checkpoint: recompute each block's activations in the backward pass instead of storing them
             (less memory, about one more forward pass of time); see :mod:`lineas_tl.checkpointing`.
@@ -188,7 +193,7 @@ def fit_lineas(
         "warmup": warmup, "optimizer": optimizer, "batch_size": batch_size,
     }  # fmt: skip
     cfg.update({k: v for k, v in given.items() if v is not None})
-    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every, group_by=group_by)
+    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every, group_by=group_by, loss_on=loss_on)
     check_prompts(ctx.source, "source", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     check_prompts(ctx.target, "target", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     n_s, n_t = len(ctx.source), len(ctx.target)
@@ -206,16 +211,17 @@ def fit_lineas(
         # costing x4.7 perplexity at strength 1; from the identity it reaches a loss 15% higher at x1.3
         cfg["init"], init_reason = "identity", "pre-sublayer norm sites: the fast preset starts from the identity there"
     started = time.perf_counter()
-    target = ctx.pooled("target")
-    reference = _loss_of(ctx, target, bs, loss_backend, all_targets=cfg["all_targets"])  # of the identity maps: the untouched model
     maps, start, warm_loss = _initial_maps(ctx, cfg["init"]), cfg["init"], None
+    read = coordinate_reader(masks := resolve_restrict(ctx.model, maps, restrict), loss_on)
+    target = read(pooled_target := ctx.pooled("target"))
+    reference = loss_of(ctx, target, bs, loss_backend, read, all_targets=cfg["all_targets"])  # of the identity maps: the untouched model
     if start != "identity":
-        warm_loss = _loss_of(ctx, target, bs, loss_backend, maps, cfg["all_targets"])
+        warm_loss = loss_of(ctx, target, bs, loss_backend, read, maps, cfg["all_targets"])
         if not warm_loss < reference:  # a warm start worse than doing nothing (seen on style) is no start
             maps, start = ctx.identity_maps("affine"), "identity"
     if cfg["standardize"]:
-        _standardize(maps, target, cfg["standardize"])
-    project(maps, masks := resolve_restrict(ctx.model, maps, restrict))
+        _standardize(maps, pooled_target, cfg["standardize"])  # every coordinate's scale
+    project(maps, masks)
     params = [p for m in maps.values() for p in m.parameters() if p.requires_grad]
     term = control_term(ctx, maps, bs, seed)  # fit(control=..., gate=...): see methods/control.py
     params += term.params if term is not None else []
@@ -238,7 +244,7 @@ def fit_lineas(
         from lineas_tl.capture import captured_step
 
         captured = captured_step(ctx, maps, target, params, batch_size=bs, backend=loss_backend, term=term,
-                                 checkpoint=checkpoint, all_targets=cfg["all_targets"])  # fmt: skip
+                                 checkpoint=checkpoint, all_targets=cfg["all_targets"], loss_on=loss_on)  # fmt: skip
     bar = tqdm(range(cfg["steps"]), desc="LinEAS", disable=not ctx.progress)
     with _checkpointing(ctx.model, checkpoint):
         for step in bar:
@@ -248,12 +254,12 @@ def fit_lineas(
                 loss, site_vals = captured()
                 source = dict.fromkeys(ctx.sites)
             elif term is not None:
-                source, _ = term.source(idx_s)
+                source = read(term.source(idx_s)[0])
             else:
-                source, _ = pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)
+                source = read(pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)[0])
             full = ctx.pooling == "all" or cfg["all_targets"]
             if presorted is None:
-                presorted = _presorted(target, bs, n_t, full, loss_backend)  # sorted once, not every step
+                presorted = sorted_once(target, bs, n_t, full, loss_backend)  # sorted once, not every step
             if captured is not None:
                 pass
             elif presorted:  # every target row each step: the sorted-W2 loss does not see their order
@@ -346,32 +352,6 @@ def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
             m.weight.copy_(local[site].weight)
             m.bias.copy_(local[site].bias)
     return maps
-
-
-def _loss_of(
-    ctx: FitContext,
-    target: dict[str, Tensor],
-    bs: int,
-    backend: Backend,
-    maps: dict[str, AffineMap] | None = None,
-    all_targets: bool = False,
-) -> float:
-    """The loss of ``maps`` (None: the identity, i.e. the untouched model) on the first ``bs``
-    source prompts, against the first ``bs`` target prompts (all of them with ``all_targets``)."""
-    with torch.no_grad():
-        batch = ctx.source.batch(list(range(bs)))
-        source, _ = pooled_forward(ctx.runner, batch, ctx.sites, ctx.pooling, maps)
-        full = ctx.pooling == "all" or all_targets
-        tgt = target if full else {s: v[:bs] for s, v in target.items()}
-        return float(global_loss(source, tgt, backend)[0])
-
-
-def _presorted(target: dict[str, Tensor], bs: int, n_t: int, full: bool, backend: Backend) -> dict[str, Tensor]:
-    """Each site's target rows sorted once, when every step compares against all of them with the
-    sort backend (empty otherwise): sorting a permutation of the rows gives the same values."""
-    if full or bs != n_t or backend not in ("auto", "sort"):
-        return {}
-    return {s: v.sort(dim=0).values for s, v in target.items()}
 
 
 def _checkpointing(model: Any, on: bool) -> Any:

@@ -114,7 +114,7 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
     """Refuse LinEAS hyper-parameters out of range before any forward pass.
 
     ``cfg``: the resolved preset settings (``steps``, ``lr``, ``warmup``, ``batch_size``); ``extra``:
-    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``, ``group_by``.
+    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``, ``group_by``, ``loss_on``.
 
     Raises:
         SteeringInputError: naming the argument, what was wrong and what to pass instead.
@@ -145,6 +145,8 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
     }
     if extra.get("group_by", "site") not in ("site", "head"):
         raise SteeringInputError(f"group_by must be 'site' or 'head', not {extra['group_by']!r}: pass 'site' (the paper's) or 'head'")
+    if extra.get("loss_on", "sites") not in ("sites", "restricted"):
+        raise SteeringInputError(f"loss_on must be 'sites' or 'restricted', not {extra['loss_on']!r}: pass 'sites' (the paper's) or 'restricted'")
     values = {**{k: cfg.get(k) for k in ("lr", "steps", "warmup", "batch_size")}, **extra}
     for name, rule in rules.items():
         value = values.get(name)
