@@ -14,7 +14,9 @@ restricts it to the heads best over five probe splits (`--sites iti_heads_cv`, `
 "ITI-c at the heads best over five probe splits" shifts those heads with ITI-c (`fit(..., heads=...)`),
 swept at 0.1-2. "LinEAS at its own heads" (stop 36, `--sites lineas_heads`) is restricted to the (at
 most 13) heads a head-grouped sparse LinEAS fit on the same prompts moves most (`head_choice.py`),
-and "ITI-c at LinEAS's heads" shifts those heads with ITI-c (`--heads-from`).
+and "ITI-c at LinEAS's heads" shifts those heads with ITI-c (`--heads-from`). "LinEAS at its own
+heads, loss read there" (stop 37) is the same fit at the same heads with the transport loss reading
+only the moved heads (`--lineas '{"loss_on": "restricted"}'`).
 
     python results/gate/across_draws.py
 """
@@ -39,6 +41,7 @@ HEADS_CV = "LinEAS at the heads best over five probe splits"
 ITI_CV = "ITI-c at the heads best over five probe splits"
 OWN = "LinEAS at its own heads"
 ITI_OWN = "ITI-c at LinEAS's heads"
+READ_OWN = "LinEAS at its own heads, loss read there"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
@@ -47,12 +50,13 @@ FITS = {  # label -> (method row, folders for seed 0, folder templates for seed 
     ITI_CV: ("iti+gate", ("iti_heads_cv/iti/seed0",), ("iti_heads_cv/iti/seed{seed}",)),
     OWN: ("lineas+gate", ("lineas_heads/seed0",), ("lineas_heads/seed{seed}",)),
     ITI_OWN: ("iti+gate", ("lineas_heads/iti/seed0",), ("lineas_heads/iti/seed{seed}",)),
+    READ_OWN: ("lineas+gate", ("lineas_heads/loss_restricted/seed0",), ("lineas_heads/loss_restricted/seed{seed}",)),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
 DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
                (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"),
-               (OWN, ITI_OWN), (ITI_OWN, FINE))
+               (OWN, ITI_OWN), (ITI_OWN, FINE), (READ_OWN, OWN), (READ_OWN, FINE), (READ_OWN, ITI_OWN))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:

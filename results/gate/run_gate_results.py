@@ -34,6 +34,10 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
         --strengths 0.1 0.15 0.2 0.25 0.5 0.8 1 1.5 2 --paired --seed 0 --gate '{"shared": true, "hard": true}' --sites lineas_heads \
         --heads-from results/gate/lineas_heads/seed0/sentiment/protocol.json --out results/gate/lineas_heads/iti/seed0 --threads 1
                                                                           # ITI-c at LinEAS's heads
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
+        --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' --sites lineas_heads \
+        --heads-from results/gate/lineas_heads/seed0/sentiment/protocol.json --lineas '{"loss_on": "restricted"}' \
+        --out results/gate/lineas_heads/loss_restricted/seed0 --threads 1   # the loss read only at those heads (stop 37)
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
