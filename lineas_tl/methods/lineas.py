@@ -59,8 +59,8 @@ from lineas_tl.losses import Backend, site_losses
 from lineas_tl.maps import AffineMap, support_by_site
 from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
-from lineas_tl.methods.lineas_loss import coordinate_reader, loss_of, presorted as sorted_once
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
+from lineas_tl.methods.lineas_loss import coordinate_reader, loss_of, presort_targets
 from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
@@ -259,7 +259,7 @@ def fit_lineas(
                 source = read(pooled_forward(ctx.runner, ctx.source.batch(idx_s), ctx.sites, ctx.pooling, maps, detach=False)[0])
             full = ctx.pooling == "all" or cfg["all_targets"]
             if presorted is None:
-                presorted = sorted_once(target, bs, n_t, full, loss_backend)  # sorted once, not every step
+                presorted = presort_targets(target, bs, n_t, full, loss_backend)  # sorted once, not every step
             if captured is not None:
                 pass
             elif presorted:  # every target row each step: the sorted-W2 loss does not see their order

@@ -61,7 +61,7 @@ def loss_of(ctx: Any, target: dict[str, Tensor], bs: int, backend: Backend, read
         return float(global_loss(read(source), tgt, backend)[0])
 
 
-def presorted(target: dict[str, Tensor], bs: int, n_t: int, full: bool, backend: Backend) -> dict[str, Tensor]:
+def presort_targets(target: dict[str, Tensor], bs: int, n_t: int, full: bool, backend: Backend) -> dict[str, Tensor]:
     """Each site's target rows sorted once, when every step compares against all of them with the
     sort backend (empty otherwise): sorting a permutation of the rows gives the same values."""
     if full or bs != n_t or backend not in ("auto", "sort"):
