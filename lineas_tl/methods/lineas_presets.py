@@ -143,10 +143,9 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
         "batch_size": {"integer": True, "minimum": 1},
         "log_every": {"integer": True, "minimum": 1},
     }
-    if extra.get("group_by", "site") not in ("site", "head"):
-        raise SteeringInputError(f"group_by must be 'site' or 'head', not {extra['group_by']!r}: pass 'site' (the paper's) or 'head'")
-    if extra.get("loss_on", "sites") not in ("sites", "restricted"):
-        raise SteeringInputError(f"loss_on must be 'sites' or 'restricted', not {extra['loss_on']!r}: pass 'sites' (the paper's) or 'restricted'")
+    for name, (paper, other) in {"group_by": ("site", "head"), "loss_on": ("sites", "restricted")}.items():
+        if extra.get(name, paper) not in (paper, other):
+            raise SteeringInputError(f"{name} must be {paper!r} or {other!r}, not {extra[name]!r}: pass {paper!r} (the paper's) or {other!r}")
     values = {**{k: cfg.get(k) for k in ("lr", "steps", "warmup", "batch_size")}, **extra}
     for name, rule in rules.items():
         value = values.get(name)
