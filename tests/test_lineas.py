@@ -304,6 +304,27 @@ def test_loss_on_restricted_reads_only_the_masked_coordinates(native_model):
         HookedSteerer(native_model, sites=sites).fit(source, target, loss_on="restricted", compile=True, **dict(kw, steps=2))
 
 
+def test_shift_transform_learns_the_mean_difference_and_holds_omega_at_one(native_model):
+    from lineas_tl.validate import SteeringInputError
+
+    source, target = marked_prompts(16, 1, 1), marked_prompts(16, 2, 2)
+    site = HookedSteerer(native_model, "outputs").sites[0]
+    kw = dict(steps=400, lr=5e-2, init="identity", progress=False, warn=False)
+    shift = HookedSteerer(native_model, sites=[site]).fit(source, target, transform="shift", **kw)
+    affine = HookedSteerer(native_model, sites=[site]).fit(source, target, **kw)
+    m = shift.maps_[site]
+    assert torch.equal(m.weight, torch.ones_like(m.weight)) and m.bias.abs().max() > 0.1
+    # by hand: at one site, sorted W2 between (s + b) and t is smallest at b = mean(t) - mean(s), per coordinate
+    pooled = {w: collect_activations(native_model, p, [site], progress=False)[site] for w, p in (("s", source), ("t", target))}
+    torch.testing.assert_close(m.bias.flatten(), pooled["t"].mean(0) - pooled["s"].mean(0), atol=5e-3, rtol=0)
+    assert not torch.equal(affine.maps_[site].weight, torch.ones_like(m.weight))  # the paper's map scales too
+    assert affine.history_["final_loss"] < shift.history_["final_loss"]  # and so fits better
+    with pytest.raises(SteeringInputError, match="^transform must be 'affine' or 'shift'"):
+        HookedSteerer(native_model, sites=[site]).fit(source, target, transform="full", **kw)
+    with pytest.raises(SteeringInputError, match="init='linear_act' starts from scaled maps: pass init="):
+        HookedSteerer(native_model, sites=[site]).fit(source, target, transform="shift", **dict(kw, init="linear_act"))
+
+
 def test_head_groups_prox_shrinks_each_head_by_its_own_norm():
     from lineas_tl.maps import AffineMap
     from lineas_tl.methods.lineas_params import _prox, group_norms

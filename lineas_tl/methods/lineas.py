@@ -61,7 +61,7 @@ from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
 from lineas_tl.methods.lineas_loss import coordinate_reader, loss_of, presort_targets
-from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, make_optimizer, project, resolve_restrict
+from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, hold_scale, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
@@ -91,6 +91,7 @@ def fit_lineas(
     group_by: str = "site",
     restrict: Mapping[str, Tensor] | None = None,
     loss_on: str = "sites",
+    transform: str = "affine",
     loss_backend: Backend = "auto",
     checkpoint: bool = False,
     seed: int = 0,
@@ -163,6 +164,9 @@ def fit_lineas(
         loss_on: which coordinates the transport loss compares: ``"sites"`` (the paper's: every
             coordinate of every site) or ``"restricted"`` (at a site with a ``restrict`` mask only the
             masked coordinates; not the paper's, see :mod:`lineas_tl.methods.lineas_loss`).
+        transform: what each map learns: ``"affine"`` (the paper's ``omega * z + b``) or ``"shift"``
+            (omega held at 1, ``z + b``: a translation, the family ITI-c and Mean-AcT move in; not the
+            paper's). Starts from ``init="identity"`` or ``"mean_act"``.
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
         checkpoint: recompute each block's activations in the backward pass instead of storing them
             (less memory, about one more forward pass of time); see :mod:`lineas_tl.checkpointing`.
@@ -193,7 +197,7 @@ def fit_lineas(
         "warmup": warmup, "optimizer": optimizer, "batch_size": batch_size,
     }  # fmt: skip
     cfg.update({k: v for k, v in given.items() if v is not None})
-    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every, group_by=group_by, loss_on=loss_on)
+    check_hparams(cfg, tol=tol, patience=patience, gamma=gamma, l1=l1, group=group, log_every=log_every, group_by=group_by, loss_on=loss_on, transform=transform)
     check_prompts(ctx.source, "source", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     check_prompts(ctx.target, "target", minimum=MIN_DISTRIBUTION_PROMPTS, method="LinEAS")
     n_s, n_t = len(ctx.source), len(ctx.target)
@@ -219,6 +223,8 @@ def fit_lineas(
         warm_loss = loss_of(ctx, target, bs, loss_backend, read, maps, cfg["all_targets"])
         if not warm_loss < reference:  # a warm start worse than doing nothing (seen on style) is no start
             maps, start = ctx.identity_maps("affine"), "identity"
+    if transform == "shift":
+        hold_scale(maps)
     if cfg["standardize"]:
         _standardize(maps, pooled_target, cfg["standardize"])  # every coordinate's scale
     project(maps, masks)

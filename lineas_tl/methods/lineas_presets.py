@@ -114,7 +114,7 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
     """Refuse LinEAS hyper-parameters out of range before any forward pass.
 
     ``cfg``: the resolved preset settings (``steps``, ``lr``, ``warmup``, ``batch_size``); ``extra``:
-    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``, ``group_by``, ``loss_on``.
+    ``tol``, ``patience``, ``gamma``, ``l1``, ``group``, ``log_every``, ``group_by``, ``loss_on``, ``transform``.
 
     Raises:
         SteeringInputError: naming the argument, what was wrong and what to pass instead.
@@ -143,9 +143,13 @@ def check_hparams(cfg: Mapping[str, Any], **extra: Any) -> None:
         "batch_size": {"integer": True, "minimum": 1},
         "log_every": {"integer": True, "minimum": 1},
     }
-    for name, (paper, other) in {"group_by": ("site", "head"), "loss_on": ("sites", "restricted")}.items():
+    choices = {"group_by": ("site", "head"), "loss_on": ("sites", "restricted"), "transform": ("affine", "shift")}
+    for name, (paper, other) in choices.items():
         if extra.get(name, paper) not in (paper, other):
             raise SteeringInputError(f"{name} must be {paper!r} or {other!r}, not {extra[name]!r}: pass {paper!r} (the paper's) or {other!r}")
+    if extra.get("transform") == "shift" and (cfg.get("init") == "linear_act" or cfg.get("standardize") == "both"):
+        what = "init='linear_act' starts from scaled maps" if cfg.get("init") == "linear_act" else "standardize='both' moves omega"
+        raise SteeringInputError(f"transform='shift' holds omega at 1, but {what}: pass init='mean_act' or 'identity', and standardize=True or False")
     values = {**{k: cfg.get(k) for k in ("lr", "steps", "warmup", "batch_size")}, **extra}
     for name, rule in rules.items():
         value = values.get(name)
