@@ -16,7 +16,10 @@ swept at 0.1-2. "LinEAS at its own heads" (stop 36, `--sites lineas_heads`) is r
 most 13) heads a head-grouped sparse LinEAS fit on the same prompts moves most (`head_choice.py`),
 and "ITI-c at LinEAS's heads" shifts those heads with ITI-c (`--heads-from`). "LinEAS at its own
 heads, loss read there" (stop 37) is the same fit at the same heads with the transport loss reading
-only the moved heads (`--lineas '{"loss_on": "restricted"}'`).
+only the moved heads (`--lineas '{"loss_on": "restricted"}'`). "LinEAS at its own heads, shift only"
+(stop 38) is the same fit with omega held at 1 (`--lineas '{"transform": "shift"}'`): a translation,
+the family ITI-c moves in; "..., strengths to 12" adds strengths 8 and 12 where run
+(`--strengths 8 12 --out results/gate/lineas_heads/shift/extended/seedS`).
 
     python results/gate/across_draws.py
 """
@@ -42,6 +45,8 @@ ITI_CV = "ITI-c at the heads best over five probe splits"
 OWN = "LinEAS at its own heads"
 ITI_OWN = "ITI-c at LinEAS's heads"
 READ_OWN = "LinEAS at its own heads, loss read there"
+SHIFT_OWN = "LinEAS at its own heads, shift only"
+SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
 FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
@@ -51,12 +56,17 @@ FITS = {  # label -> (method row, folders for seed 0, folder templates for seed 
     OWN: ("lineas+gate", ("lineas_heads/seed0",), ("lineas_heads/seed{seed}",)),
     ITI_OWN: ("iti+gate", ("lineas_heads/iti/seed0",), ("lineas_heads/iti/seed{seed}",)),
     READ_OWN: ("lineas+gate", ("lineas_heads/loss_restricted/seed0",), ("lineas_heads/loss_restricted/seed{seed}",)),
+    SHIFT_OWN: ("lineas+gate", ("lineas_heads/shift/seed0",), ("lineas_heads/shift/seed{seed}",)),
+    SHIFT_WIDE: ("lineas+gate", ("lineas_heads/shift/extended/seed0", "lineas_heads/shift/seed0"),
+                 ("lineas_heads/shift/extended/seed{seed}", "lineas_heads/shift/seed{seed}")),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
 DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
                (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"),
-               (OWN, ITI_OWN), (ITI_OWN, FINE), (READ_OWN, OWN), (READ_OWN, FINE), (READ_OWN, ITI_OWN))
+               (OWN, ITI_OWN), (ITI_OWN, FINE), (READ_OWN, OWN), (READ_OWN, FINE), (READ_OWN, ITI_OWN),
+               (SHIFT_OWN, OWN), (SHIFT_OWN, FINE), (SHIFT_OWN, ITI_OWN),
+               (SHIFT_WIDE, SHIFT_OWN), (SHIFT_WIDE, ITI_OWN))
 
 
 def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:

@@ -17,7 +17,8 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
   on toxicity), at the heads best over five probe splits (``--sites iti_heads_cv``, seeds 0-3; ITI-c at those
   heads is in `paired/ACROSS_DRAWS.md` only), or at the heads a head-grouped sparse LinEAS fit moves
   most (``--sites lineas_heads``, stop 36), there with the transport loss read only at those heads
-  (``fit(..., loss_on="restricted")``, stop 37).
+  (``fit(..., loss_on="restricted")``, stop 37) or with omega held at 1 (``fit(..., transform="shift")``,
+  stop 38).
 
 Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
 with the continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
@@ -48,7 +49,8 @@ SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared h
                ("iti_heads/seed0", "ITI-c's heads", "shared hard gate"),  # stop 35: fit(restrict=head_masks(...))
                ("iti_heads_cv/seed0", "heads over 5 splits", "shared hard gate"),
                ("lineas_heads/seed0", "LinEAS's heads", "shared hard gate"),  # stop 36: group_by="head"
-               ("lineas_heads/loss_restricted/seed0", "LinEAS's heads, loss there", "shared hard gate"))  # stop 37
+               ("lineas_heads/loss_restricted/seed0", "LinEAS's heads, loss there", "shared hard gate"),  # stop 37
+               ("lineas_heads/shift/seed0", "LinEAS's heads, shift only", "shared hard gate"))  # stop 38: transform="shift"
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
@@ -65,7 +67,8 @@ FITS = {  # (concept, fit) -> the runs read
         (f"paired/seed{seed}/shared_hard", "ln2", "shared hard gate"), (f"sparsity/gamma0.001/seed{seed}", "ln2, gamma 0.001", "shared hard gate"),
         (f"iti_heads/seed{seed}", "ITI-c's heads", "shared hard gate"), (f"iti_heads_cv/seed{seed}", "heads over 5 splits", "shared hard gate"),
         (f"lineas_heads/seed{seed}", "LinEAS's heads", "shared hard gate"),
-        (f"lineas_heads/loss_restricted/seed{seed}", "LinEAS's heads, loss there", "shared hard gate"))
+        (f"lineas_heads/loss_restricted/seed{seed}", "LinEAS's heads, loss there", "shared hard gate"),
+        (f"lineas_heads/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"))
        for seed in range(1, 10)},  # a seed not run is skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))

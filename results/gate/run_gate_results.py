@@ -38,6 +38,10 @@ unsteered model) and the plot under ``results/gate/full/<concept>/``.
         --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' --sites lineas_heads \
         --heads-from results/gate/lineas_heads/seed0/sentiment/protocol.json --lineas '{"loss_on": "restricted"}' \
         --out results/gate/lineas_heads/loss_restricted/seed0 --threads 1   # the loss read only at those heads (stop 37)
+    python results/gate/run_gate_results.py --concepts sentiment --gated-only --methods lineas --n-eval 48 \
+        --strengths 0.5 1 1.5 2 3 4 6 --paired --seed 0 --gate '{"shared": true, "hard": true}' --sites lineas_heads \
+        --heads-from results/gate/lineas_heads/seed0/sentiment/protocol.json --lineas '{"transform": "shift"}' \
+        --out results/gate/lineas_heads/shift/seed0 --threads 1   # omega held at 1: a shift only (stop 38)
 
 The full run uses the main job's protocol (:class:`lineas_tl.demo.DemoConfig`: 32+32 fit prompts,
 12 held-out prompts x 2 sampled continuations at the paper's sampling, strengths 0..1 plus 1.5 and 2
