@@ -61,7 +61,7 @@ from lineas_tl.methods.base import FitContext, FitResult, register
 from lineas_tl.methods.control import control_term
 from lineas_tl.methods.convergence import NotConvergedWarning, Plateau, above_floor, check_diverged, make_schedule
 from lineas_tl.methods.lineas_loss import coordinate_reader, loss_of, presort_targets
-from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, hold_scale, make_optimizer, project, resolve_restrict
+from lineas_tl.methods.lineas_params import _prox, _standardize, group_norms, make_optimizer, project, resolve_restrict
 from lineas_tl.methods.lineas_presets import BUDGET_BY_DESIGN, PRESETS, check_hparams, resolve_preset, warn_off_paper_sites
 from lineas_tl.sites import is_pre_norm_site
 from lineas_tl.validate import MIN_DISTRIBUTION_PROMPTS, check_prompts
@@ -165,7 +165,7 @@ def fit_lineas(
             coordinate of every site) or ``"restricted"`` (at a site with a ``restrict`` mask only the
             masked coordinates; not the paper's, see :mod:`lineas_tl.methods.lineas_loss`).
         transform: what each map learns: ``"affine"`` (the paper's ``omega * z + b``) or ``"shift"``
-            (omega held at 1, ``z + b``: a translation, the family ITI-c and Mean-AcT move in; not the
+            (``kind="shift"`` maps, omega held at 1, ``z + b``: the translation ITI-c and Mean-AcT move; not the
             paper's). Starts from ``init="identity"`` or ``"mean_act"``.
         loss_backend: ``"auto"`` (sort when counts match, else POT), ``"sort"``, ``"pot"``, ``"sliced"``.
         checkpoint: recompute each block's activations in the backward pass instead of storing them
@@ -215,16 +215,14 @@ def fit_lineas(
         # costing x4.7 perplexity at strength 1; from the identity it reaches a loss 15% higher at x1.3
         cfg["init"], init_reason = "identity", "pre-sublayer norm sites: the fast preset starts from the identity there"
     started = time.perf_counter()
-    maps, start, warm_loss = _initial_maps(ctx, cfg["init"]), cfg["init"], None
+    maps, start, warm_loss = _initial_maps(ctx, cfg["init"], transform), cfg["init"], None
     read = coordinate_reader(masks := resolve_restrict(ctx.model, maps, restrict), loss_on)
     target = read(pooled_target := ctx.pooled("target"))
     reference = loss_of(ctx, target, bs, loss_backend, read, all_targets=cfg["all_targets"])  # of the identity maps: the untouched model
     if start != "identity":
         warm_loss = loss_of(ctx, target, bs, loss_backend, read, maps, cfg["all_targets"])
         if not warm_loss < reference:  # a warm start worse than doing nothing (seen on style) is no start
-            maps, start = ctx.identity_maps("affine"), "identity"
-    if transform == "shift":
-        hold_scale(maps)
+            maps, start = ctx.identity_maps(transform), "identity"
     if cfg["standardize"]:
         _standardize(maps, pooled_target, cfg["standardize"])  # every coordinate's scale
     project(maps, masks)
@@ -337,8 +335,8 @@ def fit_lineas(
 INITS = ("identity", "mean_act", "linear_act")
 
 
-def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
-    """The maps the optimiser starts from.
+def _initial_maps(ctx: FitContext, init: str, kind: str = "affine") -> dict[str, AffineMap]:
+    """The maps (of map ``kind``: ``"shift"`` holds omega at 1) the optimiser starts from.
 
     ``"identity"`` (the paper's); ``"mean_act"``: omega = 1 and each site's shift matched to the
     target mean on activations already shifted upstream (incremental Mean-AcT); ``"linear_act"``: the
@@ -346,7 +344,7 @@ def _initial_maps(ctx: FitContext, init: str) -> dict[str, AffineMap]:
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
-    maps = ctx.identity_maps("affine")
+    maps = ctx.identity_maps(kind)
     if init == "identity":
         return maps
     from lineas_tl.methods.linear_act import fit_linear_act

@@ -157,14 +157,6 @@ def resolve_restrict(model: Any, maps: dict[str, AffineMap], restrict: Mapping[s
     return masks
 
 
-def hold_scale(maps: dict[str, AffineMap]) -> None:
-    """``fit(..., transform="shift")``: each map's omega stays 1 (``z + b``); only the shift learns."""
-    for m in maps.values():
-        with torch.no_grad():
-            m.weight.fill_(1.0)
-        m.weight.requires_grad_(False)
-
-
 def project(maps: dict[str, AffineMap], masks: dict[str, Tensor]) -> None:
     """Set each masked map back to the identity outside its mask (``omega = 1``, ``b = 0``, or the
     standardised deviations 0): the projection step of ``fit(..., restrict=...)``."""

@@ -23,7 +23,6 @@ heads = json.loads(Path("results/gate/lineas_heads/seed0/sentiment/protocol.json
 masks = head_masks(model, heads)
 st = HookedSteerer(model, sites=list(masks)).fit(src, tgt, control=control, gate={"shared": True, "hard": True}, restrict=masks, progress=False, warn=False)
 w = torch.cat([st.maps_[s].weight[m] for s, m in masks.items()]).flatten()
-b = torch.cat([st.maps_[s].bias[m] for s, m in masks.items()]).flatten()
 q = torch.quantile(w, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]))
 print("moved coordinates", w.numel(), "omega quantiles 5/25/50/75/95%:", [round(float(x), 3) for x in q])
 print("share omega < 1:", round(float((w < 1).float().mean()), 3))
