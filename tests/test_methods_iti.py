@@ -8,6 +8,7 @@ import torch
 
 from lineas_tl import HookedSteerer, collect_activations
 from lineas_tl.methods.iti import DEFAULT_ALPHA, default_k
+from planted import planted_heads, random_prompts
 
 N_FIT = 32
 
@@ -28,39 +29,11 @@ def test_default_k_is_itis_share_of_the_heads(gpt2_model, text_sets) -> None:
 PLANTED = [(2, 1), (2, 3)]  # (layer, head): last block, so no other head sees the signal
 
 
-def _random_prompts(n: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, 100, (int(k),), generator=g).tolist() for k in torch.randint(4, 10, (n,), generator=g)]
-
-
 def test_iti_selects_the_heads_a_planted_signal_lives_in(native_model) -> None:
-    # Source and target prompts come from the same distribution; a hook adds a constant vector to
-    # the planted heads' hook_z for source prompts only (recognised by their token ids).
-    source, target = _random_prompts(32, seed=1), _random_prompts(32, seed=2)
-    source_keys = {tuple(s) for s in source}
+    source, target = random_prompts(32, seed=1), random_prompts(32, seed=2)
     delta = torch.linspace(-1.0, 1.0, 8) * 2.0
-    is_source: dict[str, torch.Tensor] = {}
-
-    def read_batch(module, args, kwargs):
-        tokens, mask = args[0], kwargs["attention_mask"]
-        rows = [tuple(t[m.bool()].tolist()) for t, m in zip(tokens, mask, strict=True)]
-        is_source["rows"] = torch.tensor([r in source_keys for r in rows])
-
-    def plant(head: int):
-        def hook(act, hook):
-            act = act.clone()
-            act[is_source["rows"], :, head] += delta
-            return act
-
-        return hook
-
-    handle = native_model.register_forward_pre_hook(read_batch, with_kwargs=True)
-    planted = [(f"blocks.{layer}.attn.hook_z", plant(head)) for layer, head in PLANTED]
-    try:
-        with native_model.hooks(fwd_hooks=planted):
-            steerer = HookedSteerer(native_model).fit(source, target, method="iti", k=2, progress=False)
-    finally:
-        handle.remove()
+    with planted_heads(native_model, source, PLANTED, delta):
+        steerer = HookedSteerer(native_model).fit(source, target, method="iti", k=2, progress=False)
 
     h = steerer.history_
     assert sorted(map(tuple, h["heads"])) == PLANTED

@@ -21,7 +21,14 @@ only the moved heads (`--lineas '{"loss_on": "restricted"}'`). "LinEAS at its ow
 the family ITI-c moves in; "..., strengths to 12" adds strengths 8 and 12 where run
 (`--strengths 8 12 --out results/gate/lineas_heads/shift/extended/seedS`).
 
-    python results/gate/across_draws.py
+Toxicity (stop 39, `paired/ACROSS_DRAWS_toxicity.md`) has fewer fits: the shift-only LinEAS at its
+own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself), ITI-c
+swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at 0.25-3 and `paired/seed0/iti_fine`
+at 0.1-0.2), and, where run, the paper's affine map at the same heads (`lineas_heads/toxicity/affine`),
+ITI-c shifting those heads (`lineas_heads/toxicity/iti`) and, at seed 0 only, the dense LinEAS and
+LinEAS at ITI-c's heads.
+
+    python results/gate/across_draws.py     # writes both files
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ from standings import HERE
 
 from lineas_tl.evaluate import frontier_summary
 
-CONCEPT = "sentiment"
 VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 """(reference budget, continuations' budget): a gated row costs the reference text nothing, so the
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
@@ -47,7 +53,7 @@ ITI_OWN = "ITI-c at LinEAS's heads"
 READ_OWN = "LinEAS at its own heads, loss read there"
 SHIFT_OWN = "LinEAS at its own heads, shift only"
 SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
-FITS = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
+SENTIMENT = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ("iti_heads/seed{seed}",)),
@@ -62,27 +68,41 @@ FITS = {  # label -> (method row, folders for seed 0, folder templates for seed 
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
-DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
+SENTIMENT_DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
                (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"),
                (OWN, ITI_OWN), (ITI_OWN, FINE), (READ_OWN, OWN), (READ_OWN, FINE), (READ_OWN, ITI_OWN),
                (SHIFT_OWN, OWN), (SHIFT_OWN, FINE), (SHIFT_OWN, ITI_OWN),
                (SHIFT_WIDE, SHIFT_OWN), (SHIFT_WIDE, ITI_OWN))
+TOX = "lineas_heads/toxicity"
+TOXICITY = {
+    SHIFT_OWN: ("lineas+gate", (f"{TOX}/shift/seed0",), (f"{TOX}/shift/seed{{seed}}",)),
+    OWN: ("lineas+gate", (f"{TOX}/affine/seed0",), (f"{TOX}/affine/seed{{seed}}",)),
+    ITI_OWN: ("iti+gate", (f"{TOX}/iti/seed0",), (f"{TOX}/iti/seed{{seed}}",)),
+    "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
+    HEADS: ("lineas+gate", ("iti_heads/seed0",), ()),
+    FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
+}  # fmt: skip
+TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
+CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
+            "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
+"""concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
 
 
-def _table(method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:
-    paths = [HERE / f / CONCEPT / "comparison.csv" for f in folders]
+def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame | None:
+    paths = [HERE / f / concept / "comparison.csv" for f in folders]
     if not paths[0].exists():
         return None
     t = pd.concat([pd.read_csv(p) for p in paths if p.exists()], ignore_index=True)
     return t[t["method"] == method].drop_duplicates(["method", "strength"])
 
 
-def best_scores(max_seed: int = 9) -> pd.DataFrame:
+def best_scores(concept: str = "sentiment", max_seed: int = 9) -> pd.DataFrame:
     """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
     out = []
-    for label, (method, first, templates) in FITS.items():
+    for label, (method, first, templates) in CONCEPTS[concept][0].items():
         for seed in range(max_seed + 1):
-            t = _table(method, first if seed == 0 else tuple(f.format(seed=seed) for f in templates))
+            folders = first if seed == 0 else tuple(f.format(seed=seed) for f in templates)
+            t = _table(concept, method, folders) if folders else None
             if t is None:
                 continue
             for budget, cont in VIEWS:
@@ -103,59 +123,63 @@ def mean_ci(values: pd.Series, sign: str = "") -> str:
     return f"{m:{sign}.3f} [{m - half:{sign}.3f}, {m + half:{sign}.3f}] (sd {sd:.3f})"
 
 
-def report(scores: pd.DataFrame) -> list[str]:
+def report(scores: pd.DataFrame, concept: str = "sentiment") -> list[str]:
     """The per-seed cells and the over-seeds means and differences, as markdown lines."""
+    fits, differences = CONCEPTS[concept][:2]
     views = list(dict.fromkeys(scores["view"]))
     wide = scores.pivot_table(index=["fit", "seed"], columns="view", values="score")[views]
     lines = ["| fit | seed | " + " | ".join(views) + " |", "|---" * (len(views) + 2) + "|"]
     lines += [f"| {fit} | {seed} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for (fit, seed), row in wide.iterrows()]
     lines += ["", "Mean over the seeds each fit was run at [95% t-interval over seeds] (standard deviation over seeds); differences over the seeds both fits share:", "",
               "| | seeds | " + " | ".join(views) + " |", "|---" * (len(views) + 2) + "|"]  # fmt: skip
-    for fit in FITS:
+    for fit in fits:
         if fit in wide.index.get_level_values(0):
             w = wide.loc[fit]
             lines.append(f"| {fit} | {len(w)} | " + " | ".join(mean_ci(w[v]) for v in views) + " |")
-    for fit, base in [(f, b) for f, b in DIFFERENCES if {f, b} <= set(wide.index.get_level_values(0))]:
+    for fit, base in [(f, b) for f, b in differences if {f, b} <= set(wide.index.get_level_values(0))]:
         d = (wide.loc[fit] - wide.loc[base]).dropna()
         cells = (f"{mean_ci(d[v], '+')}; lower at {int((d[v] < 0).sum())} of {len(d)}" for v in views)
         lines.append(f"| {fit} minus {base} | {len(d)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def head_overlap(max_seed: int = 9) -> list[str]:
-    """Per seed, how many of LinEAS's own heads (`lineas_heads/`) ITI-c also selects (`iti_heads/`),
-    and how many of each method's heads its seed-0 choice shares (another draw of the fit prompts)."""
+def head_overlap(concept: str = "sentiment", max_seed: int = 9) -> list[str]:
+    """Per seed, how many of LinEAS's own heads ITI-c also selects (`iti_heads/`, where run), and how
+    many of each method's heads its seed-0 choice shares (another draw of the fit prompts)."""
     import json
 
     def heads(folder: str, seed: int) -> set[tuple[int, ...]] | None:
-        path = HERE / f"{folder}/seed{seed}" / CONCEPT / "protocol.json"
+        path = HERE / f"{folder}/seed{seed}" / concept / "protocol.json"
         return {tuple(h) for h in json.loads(path.read_text())["iti_heads"]} if path.exists() else None
 
+    own_folder = CONCEPTS[concept][3]
     both, own, iti = [], [], []
-    first = heads("lineas_heads", 0), heads("iti_heads", 0)  # seed 0's choices, read once
+    first = heads(own_folder, 0), heads("iti_heads", 0)  # seed 0's choices, read once
     for seed in range(max_seed + 1):
-        a, b = heads("lineas_heads", seed), heads("iti_heads", seed)
-        if a is None or b is None:
+        a, b = heads(own_folder, seed), heads("iti_heads", seed)
+        if a is None:
             continue
-        both.append(f"seed {seed}: {len(a & b)} of {len(a)}")
-        if seed and None not in first:
+        if b is not None:
+            both.append(f"seed {seed}: {len(a & b)} of {len(a)}")
+        if seed and first[0] is not None:
             own.append(f"seed {seed} {len(a & first[0])}")
-            iti.append(f"{len(b & first[1])}")
-    if not both:
-        return []
-    return ["", "LinEAS's own heads that ITI-c also selects (both from `protocol.json`): " + ", ".join(both) + ".", "",
-            f"Heads shared with seed 0's choice (of 13): LinEAS's own at {', '.join(own)}; ITI-c's {', '.join(iti)}."]
+            if b is not None and first[1] is not None:
+                iti.append(f"{len(b & first[1])}")
+    lines = [""] + (["LinEAS's own heads that ITI-c also selects (both from `protocol.json`): " + ", ".join(both) + "."] if both else [])
+    if own:
+        lines += ["", f"Heads shared with seed 0's choice (of 13): LinEAS's own at {', '.join(own)}" + (f"; ITI-c's {', '.join(iti)}." if iti else ".")]
+    return lines if len(lines) > 1 else []
 
 
 def main() -> None:
-    lines = [f"# Gated LinEAS and gated ITI-c over paired fit draws ({CONCEPT})", "",
-             "`python results/gate/across_draws.py` (its docstring says what it reads). Best held-out score (48 prompts x 2 samples; "
-             "lower is better) of each fit with the shared hard gate, per seed and view; a view bounds the continuations' "
-             "perplexity under the unsteered model (the reference text's is within +25% on every gated row).", "", *report(best_scores()),
-             *head_overlap()]  # fmt: skip
-    path = HERE / "paired" / "ACROSS_DRAWS.md"
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for concept, (_, _, name, _) in CONCEPTS.items():
+        lines = [f"# Gated LinEAS and gated ITI-c over paired fit draws ({concept})", "",
+                 "`python results/gate/across_draws.py` (its docstring says what it reads). Best held-out score (48 prompts x 2 samples; "
+                 "lower is better) of each fit with the shared hard gate, per seed and view; a view bounds the continuations' "
+                 "perplexity under the unsteered model (the reference text's is within +25% on every gated row).", "",
+                 *report(best_scores(concept), concept), *head_overlap(concept)]  # fmt: skip
+        (HERE / "paired" / name).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

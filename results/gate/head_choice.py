@@ -5,7 +5,7 @@ it). ``iti_heads_cv`` (stop 35): ITI-c refitted on five probe splits of the same
 S+1000, ..., S+4000), the heads ranked by their probes' mean held-out accuracy over the five, the
 same count kept. One 4:1 split scores each probe on about 13 prompts, so accuracies tie and the
 choice moves with the split (`iti_head_overlap.md`); the mean over five splits is a steadier ranking.
-``lineas_heads`` (stop 36): LinEAS's own choice. One ungated LinEAS fit at every block's
+``lineas_heads`` (stop 36; in the library since stop 39, `lineas_tl.methods.head_choice`): LinEAS's own choice. One ungated LinEAS fit at every block's
 ``attn.hook_z`` with a group lasso whose groups are the heads (``group_by="head"``, ``l1=0``,
 ``gamma=1``), the heads ranked by their group's final norm, at most as many as ITI-c's kept (and
 only heads the penalty left on). On sentiment's seed-0 draw gamma 0 and 0.3 keep all 270 heads (the
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lineas_tl import HookedSteerer
+from lineas_tl.methods.head_choice import head_norms, head_selection_fit, top_k_heads
 
 
 def probe_heads(model: Any, source: list[str], target: list[str], pooling: str, seed: int, splits: int = 1) -> list[list[int]]:
@@ -29,23 +30,12 @@ def probe_heads(model: Any, source: list[str], target: list[str], pooling: str, 
     if splits == 1:
         return fits[0]["heads"]
     accuracy = np.mean([np.asarray(h["val_accuracy"]) for h in fits], axis=0)  # [n_layers, n_heads]
-    return _top(accuracy, fits[0]["k"])
+    return top_k_heads(accuracy, fits[0]["k"])
 
 
 def lineas_heads(model: Any, source: list[str], target: list[str], pooling: str, seed: int, k: int = 13,
                  gamma: float = 1.0) -> tuple[list[list[int]], dict[str, Any]]:  # fmt: skip
-    """The ``k`` heads whose maps a head-grouped sparse LinEAS fit moves most, and that fit's history."""
-    from lineas_tl.methods.iti import z_sites
-
-    sites = z_sites(model, range(model.cfg.n_layers))  # canonical names, as the history keys them
-    history = HookedSteerer(model, sites=sites, pooling=pooling).fit(
-        source, target, method="lineas", gamma=gamma, l1=0.0, group_by="head", seed=seed, progress=False, warn=False).history_
-    norms = np.asarray([history["group_norms"][site] for site in sites])  # [n_layers, n_heads]
-    return _top(norms, k, above=0.0), history  # only heads the fit kept
-
-
-def _top(values: np.ndarray, k: int, above: float = -np.inf) -> list[list[int]]:
-    """The ``[layer, head]`` pairs of the ``k`` largest ``values`` (``[n_layers, n_heads]``) that
-    exceed ``above``, largest first (ties: the earlier head)."""
-    best = [int(i) for i in np.argsort(-values, axis=None, kind="stable")[:k] if values.flat[i] > above]
-    return [[i // values.shape[1], i % values.shape[1]] for i in best]
+    """The ``k`` heads :func:`lineas_tl.methods.head_choice.lineas_heads` returns (only heads the fit
+    kept), and its selection fit's history."""
+    steerer = head_selection_fit(model, source, target, gamma=gamma, pooling=pooling, seed=seed, progress=False, warn=False)
+    return top_k_heads(head_norms(steerer), k, above=0.0), steerer.history_
