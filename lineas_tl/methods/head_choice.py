@@ -17,7 +17,6 @@ probes', and gated LinEAS restricted to them is lower than at the default sites
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,15 +46,14 @@ def head_norms(steerer: Any) -> np.ndarray:
         SteeringInputError: the steerer was not fitted that way.
     """
     norms = getattr(steerer, "history_", {}).get("group_norms") or {}
-    by_layer = {int(m.group(1)): v for site, v in norms.items() if (m := re.match(r"blocks\.(\d+)\.", site)) and len(v) > 1}
-    n_layers = int(steerer.model.cfg.n_layers)
-    if sorted(by_layer) != list(range(n_layers)):
+    sites = z_sites(steerer.model)  # each block's canonical hook_z name, as the history keys it
+    if not all(len(norms.get(site, ())) > 1 for site in sites):
         raise SteeringInputError(
             "ranking heads needs a LinEAS fit with group_by='head' at every block's attn.hook_z: "
             "use lineas_heads(model, source, target), or fit HookedSteerer(model, sites=z_sites(model)) "
             "with method='lineas', group_by='head'"
         )
-    return np.asarray([by_layer[layer] for layer in range(n_layers)], dtype=float)
+    return np.asarray([norms[site] for site in sites], dtype=float)
 
 
 def head_selection_fit(model: Any, source: Sequence[Any], target: Sequence[Any], *, gamma: float = DEFAULT_GAMMA,
