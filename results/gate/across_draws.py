@@ -22,7 +22,8 @@ the family ITI-c moves in; "..., strengths to 12" adds strengths 8 and 12 where 
 (`--strengths 8 12 --out results/gate/lineas_heads/shift/extended/seedS`).
 
 Toxicity (stop 39, `paired/ACROSS_DRAWS_toxicity.md`) has fewer fits: the shift-only LinEAS at its
-own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself), ITI-c
+own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself) and
+the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extended/seedS`), ITI-c
 swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at 0.25-3 and `paired/seed0/iti_fine`
 at 0.1-0.2), and, where run, the paper's affine map at the same heads (`lineas_heads/toxicity/affine`),
 ITI-c shifting those heads (`lineas_heads/toxicity/iti`) and, at seed 0 only, the dense LinEAS and
@@ -76,13 +77,15 @@ SENTIMENT_DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "IT
 TOX = "lineas_heads/toxicity"
 TOXICITY = {
     SHIFT_OWN: ("lineas+gate", (f"{TOX}/shift/seed0",), (f"{TOX}/shift/seed{{seed}}",)),
+    SHIFT_WIDE: ("lineas+gate", (f"{TOX}/shift/extended/seed0", f"{TOX}/shift/seed0"),
+                 (f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
     OWN: ("lineas+gate", (f"{TOX}/affine/seed0",), (f"{TOX}/affine/seed{{seed}}",)),
     ITI_OWN: ("iti+gate", (f"{TOX}/iti/seed0",), (f"{TOX}/iti/seed{{seed}}",)),
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ()),
     FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
 }  # fmt: skip
-TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
+TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
 CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
             "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
 """concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
