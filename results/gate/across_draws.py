@@ -54,18 +54,24 @@ ITI_OWN = "ITI-c at LinEAS's heads"
 READ_OWN = "LinEAS at its own heads, loss read there"
 SHIFT_OWN = "LinEAS at its own heads, shift only"
 SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
+
+
+def _per_seed(*templates: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(folders for seed 0, templates for seed S) of runs whose seed 0 lies where its template puts it."""
+    return tuple(t.format(seed=0) for t in templates), templates
+
+
 SENTIMENT = {  # label -> (method row, folders for seed 0, folder templates for seed S > 0; the first must exist, the rest add rows where run)
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     "LinEAS, gamma 0.001": ("lineas+gate", ("sparsity/gamma0.001/shared_hard", "sparsity/gamma0.001/extended"), ("sparsity/gamma0.001/seed{seed}",)),
-    HEADS: ("lineas+gate", ("iti_heads/seed0",), ("iti_heads/seed{seed}",)),
-    HEADS_CV: ("lineas+gate", ("iti_heads_cv/seed0",), ("iti_heads_cv/seed{seed}",)),
-    ITI_CV: ("iti+gate", ("iti_heads_cv/iti/seed0",), ("iti_heads_cv/iti/seed{seed}",)),
-    OWN: ("lineas+gate", ("lineas_heads/seed0",), ("lineas_heads/seed{seed}",)),
-    ITI_OWN: ("iti+gate", ("lineas_heads/iti/seed0",), ("lineas_heads/iti/seed{seed}",)),
-    READ_OWN: ("lineas+gate", ("lineas_heads/loss_restricted/seed0",), ("lineas_heads/loss_restricted/seed{seed}",)),
-    SHIFT_OWN: ("lineas+gate", ("lineas_heads/shift/seed0",), ("lineas_heads/shift/seed{seed}",)),
-    SHIFT_WIDE: ("lineas+gate", ("lineas_heads/shift/extended/seed0", "lineas_heads/shift/seed0"),
-                 ("lineas_heads/shift/extended/seed{seed}", "lineas_heads/shift/seed{seed}")),
+    HEADS: ("lineas+gate", *_per_seed("iti_heads/seed{seed}")),
+    HEADS_CV: ("lineas+gate", *_per_seed("iti_heads_cv/seed{seed}")),
+    ITI_CV: ("iti+gate", *_per_seed("iti_heads_cv/iti/seed{seed}")),
+    OWN: ("lineas+gate", *_per_seed("lineas_heads/seed{seed}")),
+    ITI_OWN: ("iti+gate", *_per_seed("lineas_heads/iti/seed{seed}")),
+    READ_OWN: ("lineas+gate", *_per_seed("lineas_heads/loss_restricted/seed{seed}")),
+    SHIFT_OWN: ("lineas+gate", *_per_seed("lineas_heads/shift/seed{seed}")),
+    SHIFT_WIDE: ("lineas+gate", *_per_seed("lineas_heads/shift/extended/seed{seed}", "lineas_heads/shift/seed{seed}")),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
@@ -76,11 +82,10 @@ SENTIMENT_DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "IT
                (SHIFT_WIDE, SHIFT_OWN), (SHIFT_WIDE, ITI_OWN))
 TOX = "lineas_heads/toxicity"
 TOXICITY = {
-    SHIFT_OWN: ("lineas+gate", (f"{TOX}/shift/seed0",), (f"{TOX}/shift/seed{{seed}}",)),
-    SHIFT_WIDE: ("lineas+gate", (f"{TOX}/shift/extended/seed0", f"{TOX}/shift/seed0"),
-                 (f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
-    OWN: ("lineas+gate", (f"{TOX}/affine/seed0",), (f"{TOX}/affine/seed{{seed}}",)),
-    ITI_OWN: ("iti+gate", (f"{TOX}/iti/seed0",), (f"{TOX}/iti/seed{{seed}}",)),
+    SHIFT_OWN: ("lineas+gate", *_per_seed(f"{TOX}/shift/seed{{seed}}")),
+    SHIFT_WIDE: ("lineas+gate", *_per_seed(f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
+    OWN: ("lineas+gate", *_per_seed(f"{TOX}/affine/seed{{seed}}")),
+    ITI_OWN: ("iti+gate", *_per_seed(f"{TOX}/iti/seed{{seed}}")),
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ()),
     FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
