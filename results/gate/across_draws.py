@@ -44,7 +44,7 @@ from lineas_tl.evaluate import frontier_summary
 VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 """(reference budget, continuations' budget): a gated row costs the reference text nothing, so the
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145}
 FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
@@ -104,7 +104,7 @@ def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame 
     return t[t["method"] == method].drop_duplicates(["method", "strength"])
 
 
-def best_scores(concept: str = "sentiment", max_seed: int = 9) -> pd.DataFrame:
+def best_scores(concept: str = "sentiment", max_seed: int = 14) -> pd.DataFrame:
     """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
     out = []
     for label, (method, first, templates) in CONCEPTS[concept][0].items():
@@ -151,7 +151,7 @@ def report(scores: pd.DataFrame, concept: str = "sentiment") -> list[str]:
     return lines
 
 
-def head_overlap(concept: str = "sentiment", max_seed: int = 9) -> list[str]:
+def head_overlap(concept: str = "sentiment", max_seed: int = 14) -> list[str]:
     """Per seed, how many of LinEAS's own heads ITI-c also selects (`iti_heads/`, where run), and how
     many of each method's heads its seed-0 choice shares (another draw of the fit prompts)."""
     import json

@@ -81,7 +81,7 @@ FITS = {  # (concept, fit) -> the runs read
         (f"lineas_heads/toxicity/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 39
         (f"lineas_heads/toxicity/shift/extended/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 40: 8, 12
         (f"lineas_heads/toxicity/affine/seed{seed}", "LinEAS's heads", "shared hard gate"))
-       for seed in range(10)},
+       for seed in range(15)},
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50)]
 
