@@ -37,14 +37,14 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from standings import HERE
+from scipy.stats import t as student_t
+from standings import HERE, SEEDS
 
 from lineas_tl.evaluate import frontier_summary
 
 VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 """(reference budget, continuations' budget): a gated row costs the reference text nothing, so the
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145}
 FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
@@ -104,11 +104,11 @@ def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame 
     return t[t["method"] == method].drop_duplicates(["method", "strength"])
 
 
-def best_scores(concept: str = "sentiment", max_seed: int = 14) -> pd.DataFrame:
+def best_scores(concept: str = "sentiment") -> pd.DataFrame:
     """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
     out = []
     for label, (method, first, templates) in CONCEPTS[concept][0].items():
-        for seed in range(max_seed + 1):
+        for seed in SEEDS:
             folders = first if seed == 0 else tuple(f.format(seed=seed) for f in templates)
             t = _table(concept, method, folders) if folders else None
             if t is None:
@@ -127,7 +127,7 @@ def mean_ci(values: pd.Series, sign: str = "") -> str:
     if n < 2:
         return f"{m:{sign}.3f}"
     sd = float(values.std(ddof=1))
-    half = T975[n - 1] * sd / math.sqrt(n)
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return f"{m:{sign}.3f} [{m - half:{sign}.3f}, {m + half:{sign}.3f}] (sd {sd:.3f})"
 
 
@@ -151,7 +151,7 @@ def report(scores: pd.DataFrame, concept: str = "sentiment") -> list[str]:
     return lines
 
 
-def head_overlap(concept: str = "sentiment", max_seed: int = 14) -> list[str]:
+def head_overlap(concept: str = "sentiment") -> list[str]:
     """Per seed, how many of LinEAS's own heads ITI-c also selects (`iti_heads/`, where run), and how
     many of each method's heads its seed-0 choice shares (another draw of the fit prompts)."""
     import json
@@ -163,7 +163,7 @@ def head_overlap(concept: str = "sentiment", max_seed: int = 14) -> list[str]:
     own_folder = CONCEPTS[concept][3]
     both, own, iti = [], [], []
     first = heads(own_folder, 0), heads("iti_heads", 0)  # seed 0's choices, read once
-    for seed in range(max_seed + 1):
+    for seed in SEEDS:
         a, b = heads(own_folder, seed), heads("iti_heads", seed)
         if a is None:
             continue

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from standings import HERE, ROOT, RUNS_48, rows, standings
+from standings import HERE, ROOT, RUNS_48, SEEDS, rows, standings
 
 
 def _runs(*runs: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | None], ...]:
@@ -70,7 +70,7 @@ FITS = {  # (concept, fit) -> the runs read
         (f"lineas_heads/seed{seed}", "LinEAS's heads", "shared hard gate"),
         (f"lineas_heads/loss_restricted/seed{seed}", "LinEAS's heads, loss there", "shared hard gate"),
         (f"lineas_heads/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"))
-       for seed in range(1, 10)},  # a seed not run is skipped
+       for seed in SEEDS[1:]},  # a seed not run is skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
        + (_runs(("sparsity/gamma0.001/emphatic", "ln2, gamma 0.001", "shared hard gate")) if seed == 0 else ())
@@ -81,7 +81,7 @@ FITS = {  # (concept, fit) -> the runs read
         (f"lineas_heads/toxicity/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 39
         (f"lineas_heads/toxicity/shift/extended/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 40: 8, 12
         (f"lineas_heads/toxicity/affine/seed{seed}", "LinEAS's heads", "shared hard gate"))
-       for seed in range(15)},
+       for seed in SEEDS},
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50)]
 

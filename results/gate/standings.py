@@ -42,6 +42,8 @@ from summarize import BUDGETS, CONT_BUDGET, HERE
 from lineas_tl.evaluate import base_method, frontier_summary, is_gated
 
 ROOT = HERE.parent
+SEEDS = range(15)
+"""The paired draws' seeds the cross-draw scripts look for; a seed not run is skipped."""
 RUNS = (  # (folder template, site label, label of the gated rows)
     ("{root}/{concept}", "ln2", None),
     ("{root}/gate/full/{concept}", "outputs", "per-site gate"),
