@@ -23,7 +23,9 @@ the family ITI-c moves in; "..., strengths to 12" adds strengths 8 and 12 where 
 
 Toxicity (stop 39, `paired/ACROSS_DRAWS_toxicity.md`) has fewer fits: the shift-only LinEAS at its
 own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself) and
-the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extended/seedS`), ITI-c
+the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extended/seedS`) or with
+1.25 and 1.75 added (stop 42, `.../toxicity/shift/fine/seedS`: the grid as fine as ITI-c's where
+the +10% rows sit), ITI-c
 swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at 0.25-3 and `paired/seed0/iti_fine`
 at 0.1-0.2), and, where run, the paper's affine map at the same heads (`lineas_heads/toxicity/affine`),
 ITI-c shifting those heads (`lineas_heads/toxicity/iti`) and, at seed 0 only, the dense LinEAS and
@@ -54,6 +56,7 @@ ITI_OWN = "ITI-c at LinEAS's heads"
 READ_OWN = "LinEAS at its own heads, loss read there"
 SHIFT_OWN = "LinEAS at its own heads, shift only"
 SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
+SHIFT_FINE = "LinEAS at its own heads, shift only, + 1.25 1.75"
 
 
 def _per_seed(*templates: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -84,13 +87,14 @@ TOX = "lineas_heads/toxicity"
 TOXICITY = {
     SHIFT_OWN: ("lineas+gate", *_per_seed(f"{TOX}/shift/seed{{seed}}")),
     SHIFT_WIDE: ("lineas+gate", *_per_seed(f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
+    SHIFT_FINE: ("lineas+gate", *_per_seed(f"{TOX}/shift/fine/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
     OWN: ("lineas+gate", *_per_seed(f"{TOX}/affine/seed{{seed}}")),
     ITI_OWN: ("iti+gate", *_per_seed(f"{TOX}/iti/seed{{seed}}")),
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ()),
     FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
 }  # fmt: skip
-TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
+TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
 CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
             "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
 """concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
