@@ -26,9 +26,9 @@ own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the h
 the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extended/seedS`) or with
 1.25 and 1.75 added (stop 42, `.../toxicity/shift/fine/seedS`: the grid as fine as ITI-c's where
 the +10% rows sit), ITI-c swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at
-0.25-3 and `paired/seed0/iti_fine` at 0.1-0.2), and, where run, the paper's affine map at the same heads (`lineas_heads/toxicity/affine`),
-ITI-c shifting those heads (`lineas_heads/toxicity/iti`) and, at seed 0 only, the dense LinEAS and
-LinEAS at ITI-c's heads.
+0.25-3 and `paired/seed0/iti_fine` at 0.1-0.2), and, where run, the paper's affine map at the same
+heads (`lineas_heads/toxicity/affine`), ITI-c shifting those heads (`lineas_heads/toxicity/iti`)
+and, at seed 0 only, the dense LinEAS and LinEAS at ITI-c's heads.
 
     python results/gate/across_draws.py     # writes both files
 """

@@ -18,8 +18,9 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
   heads is in `paired/ACROSS_DRAWS.md` only), or at the heads a head-grouped sparse LinEAS fit moves
   most (``--sites lineas_heads``, stop 36), there with the transport loss read only at those heads
   (``fit(..., loss_on="restricted")``, stop 37) or with omega held at 1 (``fit(..., transform="shift")``,
-  stop 38); on toxicity (stop 39) the shift-only (swept at 0.5-6, and at 8 and 12 in stop 40) and, where
-  run, the affine fit at LinEAS's own heads against ITI-c swept at 0.1-3, per paired draw.
+  stop 38); on toxicity (stop 39) the shift-only (swept at 0.5-6, at 8 and 12 in stop 40, at 1.25 and
+  1.75 in stop 42) and, where run, the affine fit at LinEAS's own heads against ITI-c swept at 0.1-3,
+  per paired draw.
 
 Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
 with the continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
@@ -80,6 +81,7 @@ FITS = {  # (concept, fit) -> the runs read
            ("iti_heads/seed0", "ITI-c's heads", "shared hard gate")) if seed == 0 else ((f"paired/seed{seed}/iti", "ln2", "shared hard gate"),)),
         (f"lineas_heads/toxicity/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 39
         (f"lineas_heads/toxicity/shift/extended/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 40: 8, 12
+        (f"lineas_heads/toxicity/shift/fine/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 42: 1.25, 1.75
         (f"lineas_heads/toxicity/affine/seed{seed}", "LinEAS's heads", "shared hard gate"))
        for seed in SEEDS},
 }  # fmt: skip
