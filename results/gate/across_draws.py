@@ -19,7 +19,12 @@ heads, loss read there" (stop 37) is the same fit at the same heads with the tra
 only the moved heads (`--lineas '{"loss_on": "restricted"}'`). "LinEAS at its own heads, shift only"
 (stop 38) is the same fit with omega held at 1 (`--lineas '{"transform": "shift"}'`): a translation,
 the family ITI-c moves in; "..., strengths to 12" adds strengths 8 and 12 where run
-(`--strengths 8 12 --out results/gate/lineas_heads/shift/extended/seedS`).
+(`--strengths 8 12 --out results/gate/lineas_heads/shift/extended/seedS`), and "..., + 1.25 1.75"
+(stop 43) adds those two strengths at every draw (`.../lineas_heads/shift/fine/seedS`).
+"ITI-c, + 0.3 0.4" (stop 43, both concepts) adds those two strengths to ITI-c's grid at every
+draw (`paired/seedS/iti_mid`): as fine where ITI-c's +10% rows sit as LinEAS's grid is with 1.25
+and 1.75; "ITI-c at LinEAS's heads, + 0.3 0.4" does the same at LinEAS's heads
+(`lineas_heads/iti/mid/seedS`).
 
 Toxicity (stop 39, `paired/ACROSS_DRAWS_toxicity.md`) has fewer fits: the shift-only LinEAS at its
 own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself) and
@@ -27,8 +32,9 @@ the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extende
 1.25 and 1.75 added (stop 42, `.../toxicity/shift/fine/seedS`: the grid as fine as ITI-c's where
 the +10% rows sit), ITI-c swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at
 0.25-3 and `paired/seed0/iti_fine` at 0.1-0.2), and, where run, the paper's affine map at the same
-heads (`lineas_heads/toxicity/affine`), ITI-c shifting those heads (`lineas_heads/toxicity/iti`)
-and, at seed 0 only, the dense LinEAS and LinEAS at ITI-c's heads.
+heads (`lineas_heads/toxicity/affine`), ITI-c shifting those heads (`lineas_heads/toxicity/iti`),
+ITI-c with 0.3 and 0.4 added (stop 43) and, at seed 0 only, the dense LinEAS and LinEAS at ITI-c's
+heads.
 
     python results/gate/across_draws.py     # writes both files
 """
@@ -46,6 +52,8 @@ from lineas_tl.evaluate import frontier_summary
 VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 """(reference budget, continuations' budget): a gated row costs the reference text nothing, so the
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
+INTERPOLATED = (0.10, 0.25)
+"""continuations' budgets also read between grid points (:func:`interpolated_best`)."""
 FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
@@ -56,6 +64,8 @@ READ_OWN = "LinEAS at its own heads, loss read there"
 SHIFT_OWN = "LinEAS at its own heads, shift only"
 SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
 SHIFT_FINE = "LinEAS at its own heads, shift only, + 1.25 1.75"
+MID = "ITI-c, + 0.3 0.4"
+ITI_OWN_MID = "ITI-c at LinEAS's heads, + 0.3 0.4"
 
 
 def _per_seed(*templates: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -71,17 +81,21 @@ SENTIMENT = {  # label -> (method row, folders for seed 0, folder templates for 
     ITI_CV: ("iti+gate", *_per_seed("iti_heads_cv/iti/seed{seed}")),
     OWN: ("lineas+gate", *_per_seed("lineas_heads/seed{seed}")),
     ITI_OWN: ("iti+gate", *_per_seed("lineas_heads/iti/seed{seed}")),
+    ITI_OWN_MID: ("iti+gate", *_per_seed("lineas_heads/iti/mid/seed{seed}", "lineas_heads/iti/seed{seed}")),
     READ_OWN: ("lineas+gate", *_per_seed("lineas_heads/loss_restricted/seed{seed}")),
     SHIFT_OWN: ("lineas+gate", *_per_seed("lineas_heads/shift/seed{seed}")),
     SHIFT_WIDE: ("lineas+gate", *_per_seed("lineas_heads/shift/extended/seed{seed}", "lineas_heads/shift/seed{seed}")),
     "ITI-c": ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard",)),
+    SHIFT_FINE: ("lineas+gate", *_per_seed("lineas_heads/shift/fine/seed{seed}", "lineas_heads/shift/seed{seed}")),
     FINE: ("iti+gate", ("paired/shared_hard",), ("paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
+    MID: ("iti+gate", ("paired/seed0/iti_mid", "paired/shared_hard"), ("paired/seed{seed}/iti_mid", "paired/seed{seed}/shared_hard", "paired/seed{seed}/iti_fine")),
 }  # fmt: skip
 SENTIMENT_DIFFERENCES = (("LinEAS, dense", "ITI-c"), ("LinEAS, gamma 0.001", "ITI-c"), ("LinEAS, dense", FINE), (HEADS, "ITI-c"), (HEADS, FINE), (HEADS, "LinEAS, dense"),
                (HEADS_CV, FINE), (HEADS_CV, HEADS), (HEADS_CV, ITI_CV), (ITI_CV, FINE), (OWN, FINE), (OWN, HEADS), (OWN, "LinEAS, dense"),
                (OWN, ITI_OWN), (ITI_OWN, FINE), (READ_OWN, OWN), (READ_OWN, FINE), (READ_OWN, ITI_OWN),
                (SHIFT_OWN, OWN), (SHIFT_OWN, FINE), (SHIFT_OWN, ITI_OWN),
-               (SHIFT_WIDE, SHIFT_OWN), (SHIFT_WIDE, ITI_OWN))
+               (SHIFT_WIDE, SHIFT_OWN), (SHIFT_WIDE, ITI_OWN), (SHIFT_FINE, SHIFT_OWN), (SHIFT_FINE, FINE), (SHIFT_FINE, MID), (MID, FINE),
+               (SHIFT_FINE, ITI_OWN_MID), (ITI_OWN_MID, ITI_OWN))
 TOX = "lineas_heads/toxicity"
 TOXICITY = {
     SHIFT_OWN: ("lineas+gate", *_per_seed(f"{TOX}/shift/seed{{seed}}")),
@@ -92,8 +106,9 @@ TOXICITY = {
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
     HEADS: ("lineas+gate", ("iti_heads/seed0",), ()),
     FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
+    MID: ("iti+gate", ("paired/seed0/iti_mid", "paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti_mid", "paired/seed{seed}/iti")),
 }  # fmt: skip
-TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
+TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, MID), (MID, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
 CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
             "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
 """concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
@@ -105,6 +120,20 @@ def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame 
         return None
     t = pd.concat([pd.read_csv(p) for p in paths if p.exists()], ignore_index=True)
     return t[t["method"] == method].drop_duplicates(["method", "strength"])
+
+
+def interpolated_best(table: pd.DataFrame, cont: float, reference: float = 0.10) -> float:
+    """The best score with the continuations at most ``cont`` above the unsteered model's, reading
+    the score between two neighbouring strengths linearly in the continuations' perplexity where
+    the budget falls between them: a reading no grid's spacing favours (rows over the reference
+    budget are left out; every gated row is within it)."""
+    t = table[(table["strength"].notna()) & (table["ppl_increase"] <= reference)].sort_values("strength")
+    inc, score = t["cont_ppl_increase"].to_numpy(), t["score_out"].to_numpy()
+    best = [s for i, s in zip(inc, score) if i <= cont]
+    for (i0, s0), (i1, s1) in zip(zip(inc, score), zip(inc[1:], score[1:])):
+        if (i0 - cont) * (i1 - cont) < 0:
+            best.append(s0 + (s1 - s0) * (cont - i0) / (i1 - i0))
+    return min(best)
 
 
 def best_scores(concept: str = "sentiment") -> pd.DataFrame:
@@ -120,6 +149,9 @@ def best_scores(concept: str = "sentiment") -> pd.DataFrame:
                 s = frontier_summary(t, [budget], "score_out", cont_budget=cont).iloc[0]
                 view = "any" if cont is None else f"cont. ≤ +{100 * cont:g}%"
                 out.append(dict(fit=label, seed=seed, view=view, score=s["score"], strength=s["strength"]))
+            for cont in INTERPOLATED:
+                view = f"cont. = +{100 * cont:g}%, interpolated"
+                out.append(dict(fit=label, seed=seed, view=view, score=interpolated_best(t, cont), strength=float("nan")))
     return pd.DataFrame(out)
 
 

@@ -18,9 +18,10 @@ they were. This ranks each fit's runs on the same 48 held-out prompts, one table
   heads is in `paired/ACROSS_DRAWS.md` only), or at the heads a head-grouped sparse LinEAS fit moves
   most (``--sites lineas_heads``, stop 36), there with the transport loss read only at those heads
   (``fit(..., loss_on="restricted")``, stop 37) or with omega held at 1 (``fit(..., transform="shift")``,
-  stop 38); on toxicity (stop 39) the shift-only (swept at 0.5-6, at 8 and 12 in stop 40, at 1.25 and
-  1.75 in stop 42) and, where run, the affine fit at LinEAS's own heads against ITI-c swept at 0.1-3,
-  per paired draw.
+  stop 38; at 1.25 and 1.75 added in stop 43); on toxicity (stop 39) the shift-only (swept at 0.5-6,
+  at 8 and 12 in stop 40, at 1.25 and 1.75 in stop 42) and, where run, the affine fit at LinEAS's own
+  heads against ITI-c swept at 0.1-3, per paired draw; ITI-c's 0.1-0.2 (sentiment, where run) and
+  0.3 and 0.4 (stop 43, both concepts) are added to its rows.
 
 Cells as in `STANDINGS_48.md`; views: within +5/+10/+25% reference perplexity, and within +10%
 with the continuations within +10/+25/+50%. Writes `FIT_DRAWS.md`.
@@ -52,7 +53,9 @@ SPARSE = _runs(("sparsity/gamma0.001/shared_hard", "ln2, gamma 0.001", "shared h
                ("iti_heads_cv/seed0", "heads over 5 splits", "shared hard gate"),
                ("lineas_heads/seed0", "LinEAS's heads", "shared hard gate"),  # stop 36: group_by="head"
                ("lineas_heads/loss_restricted/seed0", "LinEAS's heads, loss there", "shared hard gate"),  # stop 37
-               ("lineas_heads/shift/seed0", "LinEAS's heads, shift only", "shared hard gate"))  # stop 38: transform="shift"
+               ("lineas_heads/shift/seed0", "LinEAS's heads, shift only", "shared hard gate"),  # stop 38: transform="shift"
+               ("lineas_heads/shift/fine/seed0", "LinEAS's heads, shift only", "shared hard gate"),  # stop 43: 1.25, 1.75
+               ("paired/seed0/iti_mid", "ln2", "shared hard gate"))  # stop 43: ITI-c at 0.3, 0.4
 FITS = {  # (concept, fit) -> the runs read
     ("toxicity", "seed 0"): RUNS_48,
     ("toxicity", "seed 1"): SEED_1,
@@ -70,7 +73,9 @@ FITS = {  # (concept, fit) -> the runs read
         (f"iti_heads/seed{seed}", "ITI-c's heads", "shared hard gate"), (f"iti_heads_cv/seed{seed}", "heads over 5 splits", "shared hard gate"),
         (f"lineas_heads/seed{seed}", "LinEAS's heads", "shared hard gate"),
         (f"lineas_heads/loss_restricted/seed{seed}", "LinEAS's heads, loss there", "shared hard gate"),
-        (f"lineas_heads/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"))
+        (f"lineas_heads/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),
+        (f"lineas_heads/shift/fine/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 43: 1.25, 1.75
+        (f"paired/seed{seed}/iti_fine", "ln2", "shared hard gate"), (f"paired/seed{seed}/iti_mid", "ln2", "shared hard gate"))
        for seed in SEEDS[1:]},  # a seed not run is skipped
     **{("sentiment", f"seed {seed}, paired draw, emphatic target"): _runs((f"intense_target{sub}/shared_hard", "ln2", "shared hard gate"),
                                                                           (f"intense_target{sub}/plain", "ln2", None))
@@ -82,7 +87,8 @@ FITS = {  # (concept, fit) -> the runs read
         (f"lineas_heads/toxicity/shift/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 39
         (f"lineas_heads/toxicity/shift/extended/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 40: 8, 12
         (f"lineas_heads/toxicity/shift/fine/seed{seed}", "LinEAS's heads, shift only", "shared hard gate"),  # stop 42: 1.25, 1.75
-        (f"lineas_heads/toxicity/affine/seed{seed}", "LinEAS's heads", "shared hard gate"))
+        (f"lineas_heads/toxicity/affine/seed{seed}", "LinEAS's heads", "shared hard gate"),
+        (f"paired/seed{seed}/iti_mid", "ln2", "shared hard gate"))  # stop 43: ITI-c at 0.3, 0.4
        for seed in SEEDS},
 }  # fmt: skip
 VIEWS = [(0.05, None), (0.10, None), (0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50)]
