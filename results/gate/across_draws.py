@@ -108,7 +108,8 @@ TOXICITY = {
     FINE: ("iti+gate", ("paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti",)),
     MID: ("iti+gate", ("paired/seed0/iti_mid", "paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti_mid", "paired/seed{seed}/iti")),
 }  # fmt: skip
-TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, MID), (MID, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE))
+TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, MID), (MID, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE),
+                        (SHIFT_FINE, ITI_OWN), (ITI_OWN, MID))
 CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
             "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
 """concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
@@ -125,8 +126,9 @@ def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame 
 def interpolated_best(table: pd.DataFrame, cont: float, reference: float = 0.10) -> float:
     """The best score with the continuations at most ``cont`` above the unsteered model's, reading
     the score between two neighbouring strengths linearly in the continuations' perplexity where
-    the budget falls between them: a reading no grid's spacing favours (rows over the reference
-    budget are left out; every gated row is within it)."""
+    the budget falls between them: a reading that depends less on where a grid's points fall than
+    the best row within the budget (rows over the reference budget are left out; every gated row is
+    within it)."""
     t = table[(table["strength"].notna()) & (table["ppl_increase"] <= reference)].sort_values("strength")
     inc, score = t["cont_ppl_increase"].to_numpy(), t["score_out"].to_numpy()
     best = [s for i, s in zip(inc, score) if i <= cont]
