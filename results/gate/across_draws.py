@@ -53,7 +53,7 @@ VIEWS = ((0.25, None), (0.10, 0.10), (0.10, 0.25), (0.10, 0.50))
 """(reference budget, continuations' budget): a gated row costs the reference text nothing, so the
 first is "any reference budget"; the others hold the reference within +10% as `FIT_DRAWS.md` does."""
 INTERPOLATED = (0.10, 0.25)
-"""continuations' budgets also read between grid points (:func:`interpolated_best`)."""
+"""continuations' budgets also read between grid points (:func:`crossings`)."""
 FINE = "ITI-c, + 0.1-0.2"
 HEADS = "LinEAS at ITI-c's heads"
 HEADS_CV = "LinEAS at the heads best over five probe splits"
@@ -123,19 +123,15 @@ def _table(concept: str, method: str, folders: tuple[str, ...]) -> pd.DataFrame 
     return t[t["method"] == method].drop_duplicates(["method", "strength"])
 
 
-def interpolated_best(table: pd.DataFrame, cont: float, reference: float = 0.10) -> float:
-    """The best score with the continuations at most ``cont`` above the unsteered model's, reading
-    the score between two neighbouring strengths linearly in the continuations' perplexity where
-    the budget falls between them: a reading that depends less on where a grid's points fall than
-    the best row within the budget (rows over the reference budget are left out; every gated row is
-    within it)."""
+def crossings(table: pd.DataFrame, cont: float, reference: float = 0.10) -> list[float]:
+    """The scores read where the continuations' budget ``cont`` falls between two neighbouring
+    strengths, linearly in the continuations' perplexity (rows over the reference budget are left
+    out; every gated row is within it). With the best row within the budget, this gives a reading
+    that depends less on where a grid's points fall."""
     t = table[(table["strength"].notna()) & (table["ppl_increase"] <= reference)].sort_values("strength")
     inc, score = t["cont_ppl_increase"].to_numpy(), t["score_out"].to_numpy()
-    best = [s for i, s in zip(inc, score) if i <= cont]
-    for (i0, s0), (i1, s1) in zip(zip(inc, score), zip(inc[1:], score[1:])):
-        if (i0 - cont) * (i1 - cont) < 0:
-            best.append(s0 + (s1 - s0) * (cont - i0) / (i1 - i0))
-    return min(best)
+    return [s0 + (s1 - s0) * (cont - i0) / (i1 - i0)
+            for i0, i1, s0, s1 in zip(inc, inc[1:], score, score[1:]) if (i0 - cont) * (i1 - cont) < 0]
 
 
 def best_scores(concept: str = "sentiment") -> pd.DataFrame:
@@ -147,13 +143,15 @@ def best_scores(concept: str = "sentiment") -> pd.DataFrame:
             t = _table(concept, method, folders) if folders else None
             if t is None:
                 continue
+            grid = {}
             for budget, cont in VIEWS:
                 s = frontier_summary(t, [budget], "score_out", cont_budget=cont).iloc[0]
                 view = "any" if cont is None else f"cont. ≤ +{100 * cont:g}%"
+                grid[cont] = s["score"]
                 out.append(dict(fit=label, seed=seed, view=view, score=s["score"], strength=s["strength"]))
-            for cont in INTERPOLATED:
+            for cont in INTERPOLATED:  # the best row within the budget, or a reading between two rows
                 view = f"cont. = +{100 * cont:g}%, interpolated"
-                out.append(dict(fit=label, seed=seed, view=view, score=interpolated_best(t, cont), strength=float("nan")))
+                out.append(dict(fit=label, seed=seed, view=view, score=min([grid[cont], *crossings(t, cont)]), strength=float("nan")))
     return pd.DataFrame(out)
 
 
