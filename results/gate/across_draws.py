@@ -30,11 +30,11 @@ Toxicity (stop 39, `paired/ACROSS_DRAWS_toxicity.md`) has fewer fits: the shift-
 own heads (`results/gate/lineas_heads/toxicity/shift/seedS`, which selects the heads itself) and
 the same fit with strengths 8 and 12 added (stop 40, `.../toxicity/shift/extended/seedS`) or with
 1.25 and 1.75 added (stop 42, `.../toxicity/shift/fine/seedS`: the grid as fine as ITI-c's where
-the +10% rows sit), ITI-c swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at
-0.25-3 and `paired/seed0/iti_fine` at 0.1-0.2), and, where run, the paper's affine map at the same
-heads (`lineas_heads/toxicity/affine`), ITI-c shifting those heads (`lineas_heads/toxicity/iti`),
-ITI-c with 0.3 and 0.4 added (stop 43) and, at seed 0 only, the dense LinEAS and LinEAS at ITI-c's
-heads.
+the +10% rows sit), or both ("..., + 1.25 1.75, 8, 12", stop 44: every strength run, where 8 and
+12 were), ITI-c swept at 0.1-3 (`paired/seedS/iti`; seed 0: `paired/shared_hard` at 0.25-3 and
+`paired/seed0/iti_fine` at 0.1-0.2), and, where run, the paper's affine map at the same heads
+(`lineas_heads/toxicity/affine`), ITI-c shifting those heads (`lineas_heads/toxicity/iti`), ITI-c
+with 0.3 and 0.4 added (stop 43) and, at seed 0 only, the dense LinEAS and LinEAS at ITI-c's heads.
 
     python results/gate/across_draws.py     # writes both files
 """
@@ -64,6 +64,7 @@ READ_OWN = "LinEAS at its own heads, loss read there"
 SHIFT_OWN = "LinEAS at its own heads, shift only"
 SHIFT_WIDE = "LinEAS at its own heads, shift only, strengths to 12"
 SHIFT_FINE = "LinEAS at its own heads, shift only, + 1.25 1.75"
+SHIFT_ALL = "LinEAS at its own heads, shift only, + 1.25 1.75, 8, 12"
 MID = "ITI-c, + 0.3 0.4"
 ITI_OWN_MID = "ITI-c at LinEAS's heads, + 0.3 0.4"
 
@@ -101,6 +102,7 @@ TOXICITY = {
     SHIFT_OWN: ("lineas+gate", *_per_seed(f"{TOX}/shift/seed{{seed}}")),
     SHIFT_WIDE: ("lineas+gate", *_per_seed(f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
     SHIFT_FINE: ("lineas+gate", *_per_seed(f"{TOX}/shift/fine/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
+    SHIFT_ALL: ("lineas+gate", *_per_seed(f"{TOX}/shift/extended/seed{{seed}}", f"{TOX}/shift/fine/seed{{seed}}", f"{TOX}/shift/seed{{seed}}")),
     OWN: ("lineas+gate", *_per_seed(f"{TOX}/affine/seed{{seed}}")),
     ITI_OWN: ("iti+gate", *_per_seed(f"{TOX}/iti/seed{{seed}}")),
     "LinEAS, dense": ("lineas+gate", ("paired/shared_hard",), ()),
@@ -109,7 +111,7 @@ TOXICITY = {
     MID: ("iti+gate", ("paired/seed0/iti_mid", "paired/shared_hard", "paired/seed0/iti_fine"), ("paired/seed{seed}/iti_mid", "paired/seed{seed}/iti")),
 }  # fmt: skip
 TOXICITY_DIFFERENCES = ((SHIFT_OWN, FINE), (SHIFT_FINE, FINE), (SHIFT_FINE, MID), (MID, FINE), (SHIFT_FINE, SHIFT_OWN), (SHIFT_WIDE, FINE), (SHIFT_WIDE, SHIFT_OWN), (OWN, FINE), (SHIFT_OWN, OWN), (SHIFT_OWN, ITI_OWN), (ITI_OWN, FINE),
-                        (SHIFT_FINE, ITI_OWN), (ITI_OWN, MID))
+                        (SHIFT_FINE, ITI_OWN), (ITI_OWN, MID), (SHIFT_ALL, MID), (SHIFT_ALL, ITI_OWN))
 CONCEPTS = {"sentiment": (SENTIMENT, SENTIMENT_DIFFERENCES, "ACROSS_DRAWS.md", "lineas_heads"),
             "toxicity": (TOXICITY, TOXICITY_DIFFERENCES, "ACROSS_DRAWS_toxicity.md", f"{TOX}/shift")}
 """concept -> (fits, differences, the file under paired/, where LinEAS's own heads' runs are)"""
@@ -134,24 +136,33 @@ def crossings(table: pd.DataFrame, cont: float, reference: float = 0.10) -> list
             for i0, i1, s0, s1 in zip(inc, inc[1:], score, score[1:]) if (i0 - cont) * (i1 - cont) < 0]
 
 
-def best_scores(concept: str = "sentiment") -> pd.DataFrame:
-    """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
-    out = []
+def read_at(table: pd.DataFrame, cont: float, reference: float = 0.10) -> float:
+    """The score at exactly the continuations' budget ``cont``: the best row within it, or a reading
+    between two neighbouring rows (:func:`crossings`) where that is lower."""
+    best = frontier_summary(table, [reference], "score_out", cont_budget=cont).iloc[0]["score"]
+    return min([best, *crossings(table, cont, reference)])
+
+
+def tables(concept: str = "sentiment"):
+    """``(fit label, seed, its comparison rows)`` for every fit and seed run."""
     for label, (method, first, templates) in CONCEPTS[concept][0].items():
         for seed in SEEDS:
             folders = first if seed == 0 else tuple(f.format(seed=seed) for f in templates)
             t = _table(concept, method, folders) if folders else None
-            if t is None:
-                continue
-            grid = {}
-            for budget, cont in VIEWS:
-                s = frontier_summary(t, [budget], "score_out", cont_budget=cont).iloc[0]
-                view = "any" if cont is None else f"cont. ≤ +{100 * cont:g}%"
-                grid[cont] = s["score"]
-                out.append(dict(fit=label, seed=seed, view=view, score=s["score"], strength=s["strength"]))
-            for cont in INTERPOLATED:  # the best row within the budget, or a reading between two rows
-                view = f"cont. = +{100 * cont:g}%, interpolated"
-                out.append(dict(fit=label, seed=seed, view=view, score=min([grid[cont], *crossings(t, cont)]), strength=float("nan")))
+            if t is not None:
+                yield label, seed, t
+
+
+def best_scores(concept: str = "sentiment") -> pd.DataFrame:
+    """One row per (fit, seed, view): the fit's best score in that view, for every seed run."""
+    out = []
+    for label, seed, t in tables(concept):
+        for budget, cont in VIEWS:
+            s = frontier_summary(t, [budget], "score_out", cont_budget=cont).iloc[0]
+            view = "any" if cont is None else f"cont. ≤ +{100 * cont:g}%"
+            out.append(dict(fit=label, seed=seed, view=view, score=s["score"], strength=s["strength"]))
+        for cont in INTERPOLATED:
+            out.append(dict(fit=label, seed=seed, view=f"cont. = +{100 * cont:g}%, interpolated", score=read_at(t, cont), strength=float("nan")))
     return pd.DataFrame(out)
 
 
