@@ -42,6 +42,7 @@ with 0.3 and 0.4 added (stop 43) and, at seed 0 only, the dense LinEAS and LinEA
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pandas as pd
 from scipy.stats import t as student_t
@@ -143,7 +144,7 @@ def read_at(table: pd.DataFrame, cont: float, reference: float = 0.10) -> float:
     return min([best, *crossings(table, cont, reference)])
 
 
-def tables(concept: str = "sentiment"):
+def tables(concept: str = "sentiment") -> Iterator[tuple[str, int, pd.DataFrame]]:
     """``(fit label, seed, its comparison rows)`` for every fit and seed run."""
     for label, (method, first, templates) in CONCEPTS[concept][0].items():
         for seed in SEEDS:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from across_draws import ITI_OWN, ITI_OWN_MID, MID, SHIFT_ALL, SHIFT_FINE, mean_ci, read_at, tables
+from across_draws import ITI_OWN, ITI_OWN_MID, MID, SHIFT_ALL, SHIFT_FINE, VIEWS, mean_ci, read_at, tables
 from scipy.stats import norm
 from standings import HERE
 
@@ -44,7 +44,7 @@ def curve(concept: str) -> pd.DataFrame:
         if label not in PAIRS[concept]:
             continue
         for b in BUDGETS:
-            score = frontier_summary(t, [0.25], "score_out").iloc[0]["score"] if b is None else read_at(t, b)
+            score = frontier_summary(t, [VIEWS[0][0]], "score_out").iloc[0]["score"] if b is None else read_at(t, b)
             out.append(dict(fit=label, seed=seed, budget="any" if b is None else f"+{100 * b:g}%", score=score))
     return pd.DataFrame(out)
 
