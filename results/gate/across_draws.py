@@ -167,14 +167,18 @@ def best_scores(concept: str = "sentiment") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def mean_ci(values: pd.Series, sign: str = "") -> str:
-    """``mean [lo, hi] (sd s)``: a 95% Student-t interval over the values (seeds) and their standard
-    deviation; ``sign="+"`` signs the first three."""
+def t_interval(values: pd.Series) -> tuple[float, float, float]:
+    """``(mean, half-width of its 95% Student-t interval, standard deviation)`` over the values (seeds)."""
     n, m = len(values), float(values.mean())
-    if n < 2:
-        return f"{m:{sign}.3f}"
     sd = float(values.std(ddof=1))
-    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return m, float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n), sd
+
+
+def mean_ci(values: pd.Series, sign: str = "") -> str:
+    """``mean [lo, hi] (sd s)``: :func:`t_interval` as text; ``sign="+"`` signs the first three."""
+    if len(values) < 2:
+        return f"{float(values.mean()):{sign}.3f}"
+    m, half, sd = t_interval(values)
     return f"{m:{sign}.3f} [{m - half:{sign}.3f}, {m + half:{sign}.3f}] (sd {sd:.3f})"
 
 

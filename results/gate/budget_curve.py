@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from across_draws import ITI_OWN, ITI_OWN_MID, MID, SHIFT_ALL, SHIFT_FINE, VIEWS, mean_ci, read_at, tables
+from across_draws import ITI_OWN, ITI_OWN_MID, MID, SHIFT_ALL, SHIFT_FINE, VIEWS, mean_ci, read_at, t_interval, tables
 from scipy.stats import norm
 from standings import HERE
 
@@ -37,6 +37,10 @@ PAIRS = {"toxicity": (SHIFT_ALL, MID, ITI_OWN), "sentiment": (SHIFT_FINE, MID, I
 """concept -> (LinEAS, ITI-c as published, ITI-c at LinEAS's heads)"""
 
 
+def _label(budget: float | None) -> str:
+    return "any" if budget is None else f"+{100 * budget:g}%"
+
+
 def curve(concept: str) -> pd.DataFrame:
     """One row per (fit, seed, budget) of the fits in :data:`PAIRS`: the score read there."""
     out = []
@@ -45,7 +49,7 @@ def curve(concept: str) -> pd.DataFrame:
             continue
         for b in BUDGETS:
             score = frontier_summary(t, [VIEWS[0][0]], "score_out").iloc[0]["score"] if b is None else read_at(t, b)
-            out.append(dict(fit=label, seed=seed, budget="any" if b is None else f"+{100 * b:g}%", score=score))
+            out.append(dict(fit=label, seed=seed, budget=_label(b), score=score))
     return pd.DataFrame(out)
 
 
@@ -97,7 +101,6 @@ def plot(curves: dict[str, pd.DataFrame]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import t as student_t
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (concept, scores) in zip(axes[0], curves.items()):
@@ -105,8 +108,8 @@ def plot(curves: dict[str, pd.DataFrame]) -> None:
         wide = scores[scores["budget"] != "any"].pivot_table(index=["fit", "seed"], columns="budget", values="score")
         xs = [b for b in BUDGETS if b is not None]
         for base, style in zip(bases, ("-", "--")):
-            d = (wide.loc[lineas] - wide.loc[base]).dropna()[[f"+{100 * b:g}%" for b in xs]]
-            m, half = d.mean(), student_t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+            d = (wide.loc[lineas] - wide.loc[base]).dropna()[[_label(b) for b in xs]]
+            m, half = (pd.Series(v) for v in zip(*(t_interval(d[c])[:2] for c in d)))
             x = [100 * b for b in xs]
             ax.plot(x, m, style, marker="o", label=f"minus {base} ({len(d)} draws)")
             ax.fill_between(x, m - half, m + half, alpha=0.2)

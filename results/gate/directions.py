@@ -5,8 +5,9 @@ continuations' perplexity and apart only from +15-25% on. Both are translations 
 at strength ``s`` a head's output moves by ``s * b`` (LinEAS's fitted shift) or ``s * alpha sigma
 theta`` (ITI-c's probe normal). At small strengths a translation's effect is first order in its
 vector, so two translations whose vectors are parallel are one intervention at two scales. This
-refits both, with the shared hard gate, at LinEAS's own heads (``--heads-from`` of the runs in
-`paired/ACROSS_DRAWS*.md`, the same paired draws), and compares their vectors:
+refits both as `run_gate_results.py` does (`fit_methods`, the shared hard gate) at LinEAS's own
+heads (``--heads-from`` of the runs in `paired/ACROSS_DRAWS*.md`, the same paired draws), and
+compares their vectors:
 
 - the cosine between the two 13-head vectors (every moved head's shift, concatenated), and per head;
 - the ratio of LinEAS's norm to ITI-c's: LinEAS at strength ``s`` moves as far as ITI-c at
@@ -61,7 +62,8 @@ def main() -> None:
         ap.add_argument("--steps", type=int, default=None, help="cap LinEAS's steps (plumbing checks only)")
 
     args = script_args(["toxicity", "sentiment"], add)
-    from lineas_tl import HookedSteerer, models
+    from lineas_tl import models
+    from lineas_tl.evaluate.fitting import fit_methods
     from lineas_tl.methods.iti import head_masks
 
     model = models.load("smollm2-135m")
@@ -70,10 +72,10 @@ def main() -> None:
             _, src, tgt, control, _ = protocol(concept, seed=seed, paired=True)
             heads = json.loads((HERE / HEADS[concept].format(seed=seed)).read_text())["iti_heads"]
             masks = head_masks(model, heads)
-            common = dict(control=control, gate=GATE, seed=seed, progress=False)
             steps = {} if args.steps is None else {"steps": args.steps, "warn": False}
-            lineas = HookedSteerer(model, list(masks)).fit(src, tgt, method="lineas", restrict=masks, transform="shift", **steps, **common)
-            iti = HookedSteerer(model, list(masks)).fit(src, tgt, method="iti", heads=heads, **common)
+            kwargs = {"lineas+gate": {"gate": GATE, "restrict": masks, "transform": "shift", **steps}, "iti+gate": {"gate": GATE, "heads": heads}}
+            fitted, _ = fit_methods(model, src, tgt, list(kwargs), kwargs, control=control, sites=list(masks), seed=seed)  # as compare() fits them
+            lineas, iti = fitted["lineas+gate"], fitted["iti+gate"]
             row = dict(concept=concept, seed=seed, steps=lineas.history_["steps"], **compare_shifts(head_shifts(lineas, heads), head_shifts(iti, heads)))
             assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
             print(row, flush=True)
